@@ -1,0 +1,1 @@
+"""The trading journal's database maintenance jobs, run on Dagster."""

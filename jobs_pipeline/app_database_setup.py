@@ -1,0 +1,62 @@
+"""Builds and fills an app database for the embedded default and tests.
+
+The app's own migrations own its schema in production; this module only lays
+the contract's schema into a database the project created itself, and fills an
+empty one with demo data.
+"""
+
+from importlib import resources
+
+from sqlalchemy import Connection, Engine, func, inspect, select
+
+from jobs_pipeline.app_tables import users
+
+
+class DemoDataRefused(RuntimeError):
+    """Demo data goes only into an app database with no users."""
+
+
+def read_sql(name: str) -> str:
+    return resources.files("jobs_pipeline").joinpath(name).read_text(encoding="utf-8")
+
+
+def has_app_schema(engine: Engine) -> bool:
+    return inspect(engine).has_table("users")
+
+
+def run_script(connection: Connection, name: str) -> None:
+    """Runs a packaged SQL script as one multi-statement string.
+
+    Through the driver's own connection: psycopg parses `%` as a placeholder
+    whenever parameters are passed at all, and a script has none.
+    """
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None
+    driver_connection.execute(read_sql(name))
+
+
+def create_app_schema(engine: Engine) -> None:
+    """Runs the contract's `app_schema.sql` (only in a database the project owns)."""
+    with engine.begin() as connection:
+        run_script(connection, "app_schema.sql")
+
+
+def user_count(connection: Connection) -> int:
+    return int(connection.execute(select(func.count()).select_from(users)).scalar_one())
+
+
+def load_demo_data(engine: Engine) -> int:
+    """Fills an empty app database with demo data; returns the number of users made."""
+    if not has_app_schema(engine):
+        raise DemoDataRefused(
+            "the app's tables are missing from this database (its schema is the app's to create)"
+        )
+    with engine.begin() as connection:
+        existing = user_count(connection)
+        if existing:
+            raise DemoDataRefused(
+                f"the app database already has {existing} users; demo data goes only into an"
+                " empty database"
+            )
+        run_script(connection, "demo_data.sql")
+        return user_count(connection)

@@ -1,0 +1,286 @@
+"""`jobs-pipeline`: run, list and serve the maintenance jobs.
+
+Examples:
+    jobs-pipeline dev                            # embedded database, Dagster on 127.0.0.1:3000
+    jobs-pipeline run tier-expiration --dry-run  # what would change, changing nothing
+    DATABASE_URL=postgresql://app@db/app jobs-pipeline run promo_cleanup
+    jobs-pipeline list                           # jobs, schedules and last runs
+    jobs-pipeline demo-data                      # fill an empty app database
+
+Either spelling of a job's name works (`tier-expiration` or `tier_expiration`).
+The last line `run` prints on stdout is the job's `Result:` line; Dagster's own
+log goes to stderr.
+"""
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jobs_pipeline.embedded import PROJECT_ROOT, fill_environment, state_dir
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobs-pipeline",
+        description="The trading journal's database maintenance jobs, on Dagster.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="embedded PostgreSQL, demo data, Dagster UI and daemon")
+    dev.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
+
+    run = commands.add_parser("run", help="run one job now through Dagster")
+    run.add_argument("job", metavar="JOB", help="e.g. tier-expiration or tier_expiration")
+    run.add_argument("--dry-run", action="store_true", help="change nothing; report what would")
+    run.add_argument("--user", metavar="ID_OR_EMAIL", help="only for discipline-stats-rollup")
+
+    commands.add_parser("list", help="the jobs, their schedules and the last run of each")
+    commands.add_parser("demo-data", help="fill an empty app database with demo data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            return command_dev(args.host, args.port)
+        if args.command == "run":
+            return command_run(args.job, dry_run=args.dry_run, user=args.user)
+        if args.command == "list":
+            return command_list()
+        if args.command == "demo-data":
+            return command_demo_data()
+    except UsageError as error:
+        print(f"jobs-pipeline: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def job_names() -> list[str]:
+    from jobs_pipeline.definitions import defs
+
+    return sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__"))
+
+
+def resolve_job_name(name: str) -> str:
+    """Accepts the seed's hyphenated name or Dagster's underscored one."""
+    candidate = name.strip().replace("-", "_")
+    known = job_names()
+    if candidate not in known:
+        spelled = ", ".join(n.replace("_", "-") for n in known)
+        raise UsageError(f"unknown job {name!r}; the jobs are: {spelled}")
+    return candidate
+
+
+def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
+    import dagster as dg
+
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.jobs.reporting import result_json, seed_name
+    from jobs_pipeline.launch import failure_message, op_config_for, result_of
+
+    job_name = resolve_job_name(job)
+    if user is not None:
+        raise UsageError("--user applies only to discipline-stats-rollup")
+    fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
+    job_def = defs.resolve_job_def(job_name)
+    run_config = op_config_for(job_def, dry_run=dry_run)
+    instance = (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else dg.DagsterInstance.ephemeral()
+    )
+    with instance:
+        execution = job_def.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+            tags={"jobs_pipeline/triggered_by": "cli"},
+        )
+    name = seed_name(job_name)
+    if not execution.success:
+        print(
+            f"[{name}] Failed (run {execution.run_id}): {failure_message(execution)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"[{name}] Result: {result_json(result_of(execution) or {})}")
+    return 0
+
+
+# -- list --------------------------------------------------------------------------------
+
+
+def command_list() -> int:
+    import dagster as dg
+
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.jobs.reporting import seed_name
+
+    has_history = bool(os.environ.get("DAGSTER_HOME"))
+    if has_history:
+        fill_environment(dagster_storage=True)
+    instance = dg.DagsterInstance.get() if has_history else None
+    schedules = {
+        s.job_name: s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)
+    }
+    rows = [("JOB", "DAGSTER JOB", "SCHEDULE (UTC)", "PRIORITY", "LAST RUN")]
+    for job_name in job_names():
+        schedule = schedules.get(job_name)
+        cron = str(schedule.cron_schedule) if schedule else "-"
+        priority = defs.resolve_job_def(job_name).tags.get("priority", "-")
+        rows.append((seed_name(job_name), job_name, cron, priority, last_run(instance, job_name)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if not has_history:
+        print("(last runs are read from the instance in DAGSTER_HOME, which is not set)")
+    return 0
+
+
+def last_run(instance: Any, job_name: str) -> str:
+    import dagster as dg
+
+    if instance is None:
+        return "-"
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name), limit=1)
+    if not runs:
+        return "never"
+    record = instance.get_run_record_by_id(runs[0].run_id)
+    when = record.start_time or record.create_timestamp.timestamp() if record else None
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "?"
+    return f"{runs[0].status.value} at {stamp} ({runs[0].run_id[:8]})"
+
+
+# -- demo-data ---------------------------------------------------------------------------
+
+
+def command_demo_data() -> int:
+    from jobs_pipeline.app_database_setup import (
+        DemoDataRefused,
+        create_app_schema,
+        has_app_schema,
+        load_demo_data,
+    )
+    from jobs_pipeline.database import create_app_engine
+
+    environment = fill_environment(dagster_storage=False)
+    engine = create_app_engine(os.environ["DATABASE_URL"], statement_timeout_ms=600_000)
+    try:
+        if environment.app_is_embedded and not has_app_schema(engine):
+            create_app_schema(engine)
+        try:
+            created = load_demo_data(engine)
+        except DemoDataRefused as refusal:
+            raise UsageError(str(refusal)) from None
+    finally:
+        engine.dispose()
+    print(f"demo data: {created} users with their journals, promo codes and an override")
+    return 0
+
+
+# -- dev ---------------------------------------------------------------------------------
+
+
+def prepare_dagster_home() -> Path:
+    """`$DAGSTER_HOME`, or a project-local one holding the project's dagster.yaml."""
+    configured = os.environ.get("DAGSTER_HOME")
+    if configured:
+        return Path(configured)
+    home = state_dir() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def prepare_app_database(app_is_embedded: bool) -> None:
+    """In the embedded database only: the contract's schema, and demo data when empty."""
+    if not app_is_embedded:
+        return
+    from jobs_pipeline.app_database_setup import (
+        create_app_schema,
+        has_app_schema,
+        load_demo_data,
+        user_count,
+    )
+    from jobs_pipeline.database import create_app_engine
+
+    engine = create_app_engine(os.environ["DATABASE_URL"], statement_timeout_ms=600_000)
+    try:
+        if not has_app_schema(engine):
+            create_app_schema(engine)
+        with engine.connect() as connection:
+            empty = user_count(connection) == 0
+        if empty:
+            print(f"jobs-pipeline: demo data: {load_demo_data(engine)} users", file=sys.stderr)
+    finally:
+        engine.dispose()
+
+
+def command_dev(host: str, port: int) -> int:
+    environment = fill_environment(dagster_storage=True)
+    prepare_app_database(environment.app_is_embedded)
+    home = prepare_dagster_home()
+    workspace = PROJECT_ROOT / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "jobs_pipeline.definitions"]
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", *target, "-h", host, "-p", str(port)]
+    print(
+        f"jobs-pipeline: Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})", file=sys.stderr
+    )
+    return supervise(command, cwd=PROJECT_ROOT if workspace.exists() else Path.cwd())
+
+
+def supervise(command: list[str], cwd: Path) -> int:
+    """Runs `dagster dev` in its own process group and stops all of it on SIGINT/SIGTERM.
+
+    The child gets default signal handlers: one started from a non-interactive
+    shell would otherwise inherit SIGINT ignored, and Dagster then ignores SIGTERM too.
+    """
+
+    def reset_signals() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    child = subprocess.Popen(command, cwd=cwd, start_new_session=True, preexec_fn=reset_signals)  # noqa: S603
+
+    def stop(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return child.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

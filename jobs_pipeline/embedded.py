@@ -1,0 +1,91 @@
+"""The embedded default: a private PostgreSQL from the pgserver wheel.
+
+With `DATABASE_URL` or `DAGSTER_POSTGRES_URL` unset, the project runs on a
+PostgreSQL server of its own under a project-local, git-ignored folder
+(`.jobs-pipeline/`, or `$JOBS_PIPELINE_STATE_DIR`). It listens only on a unix
+socket inside that folder, so nothing is exposed on the network.
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STATE_DIR_VARIABLE = "JOBS_PIPELINE_STATE_DIR"
+APP_DATABASE = "app"
+DAGSTER_DATABASE = "dagster"
+
+
+def state_dir() -> Path:
+    """The project-local folder holding the embedded database, Dagster's home and outgoing mail."""
+    configured = os.environ.get(STATE_DIR_VARIABLE)
+    if configured:
+        return Path(configured).resolve()
+    root = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return root / ".jobs-pipeline"
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running pgserver; it stops when the last process using it exits."""
+
+    pgdata: Path
+    server: Any
+
+    def url(self, database: str, driver: str = "postgresql") -> str:
+        return f"{driver}://postgres@/{database}?host={self.pgdata}"
+
+    def ensure_database(self, name: str) -> None:
+        with psycopg.connect(
+            host=str(self.pgdata), user="postgres", dbname="postgres", autocommit=True
+        ) as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if exists is None:
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def start_embedded_postgres(
+    pgdata: Path | None = None, *, cleanup_mode: str | None = "stop"
+) -> EmbeddedPostgres:
+    folder = pgdata or state_dir() / "pgdata"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (any server, CI); pgserver copes.
+        warnings.simplefilter("ignore")
+        import pgserver  # a heavy import, needed only on the embedded path
+
+        server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
+    return EmbeddedPostgres(pgdata=folder, server=server)
+
+
+@dataclass
+class Environment:
+    """Where this process's databases are; `embedded` is set when the project runs its own."""
+
+    embedded: EmbeddedPostgres | None
+    app_is_embedded: bool
+
+
+def fill_environment(*, dagster_storage: bool) -> Environment:
+    """Points `DATABASE_URL` (and `DAGSTER_POSTGRES_URL` when asked) at the embedded
+    server when they are unset; a URL the operator set is always used as it is.
+    """
+    wants_app = not os.environ.get("DATABASE_URL")
+    wants_dagster = dagster_storage and not os.environ.get("DAGSTER_POSTGRES_URL")
+    if not (wants_app or wants_dagster):
+        return Environment(embedded=None, app_is_embedded=False)
+    embedded = start_embedded_postgres()
+    if wants_app:
+        embedded.ensure_database(APP_DATABASE)
+        os.environ["DATABASE_URL"] = embedded.url(APP_DATABASE)
+    if wants_dagster:
+        embedded.ensure_database(DAGSTER_DATABASE)
+        os.environ["DAGSTER_POSTGRES_URL"] = embedded.url(DAGSTER_DATABASE, "postgresql+psycopg2")
+    return Environment(embedded=embedded, app_is_embedded=wants_app)

@@ -1,0 +1,1 @@
+"""One module per job: its config, op, job, schedule and SQL together."""

@@ -1,0 +1,182 @@
+"""global-override-check: clear an expired global tier override (hourly).
+
+`global_config['global_tier_override']` holds `{"tier": ..., "expires_at": ...}`.
+The original design trusted that shape and deleted the key by name; here a
+malformed value fails the run and stays as it is for an admin to fix, and the
+delete removes only the value that was read, so an override an admin writes in
+the meantime is kept.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+from sqlalchemy import Connection, delete, select
+
+from jobs_pipeline.app_tables import TIERS, global_config
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.jobs.reporting import (
+    DryRunConfig,
+    JobReport,
+    JobResult,
+    job_tags,
+    seed_name,
+)
+
+JOB_NAME = "global_override_check"
+OP_NAME = "clear_expired_override"
+OVERRIDE_KEY = "global_tier_override"
+
+# A changed value between read and delete is re-read; an admin rewriting it this
+# often is a fault worth reporting, not a reason to loop.
+MAX_READS = 3
+
+
+class MalformedOverride(ValueError):
+    """The stored override cannot be read as {"tier": ..., "expires_at": ...}."""
+
+
+@dataclass(frozen=True)
+class Override:
+    tier: str
+    expires_at_text: str
+    expires_at: datetime
+
+
+def describe(value: Any, limit: int = 80) -> str:
+    """A short rendering of a bad value for an error message (values can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """ISO-8601; an offset is honoured and a time without one is read as UTC."""
+    candidate = text.strip()
+    if not candidate:
+        raise ValueError("empty")
+    parsed = datetime.fromisoformat(candidate)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def parse_override(value: Any) -> Override:
+    if not isinstance(value, dict):
+        raise MalformedOverride(f"the value is not a JSON object: {describe(value)}")
+    tier = value.get("tier")
+    if tier is None:
+        raise MalformedOverride("'tier' is missing")
+    if not isinstance(tier, str) or tier not in TIERS:
+        raise MalformedOverride(f"'tier' is {describe(tier)}, not one of {', '.join(TIERS)}")
+    expires_at = value.get("expires_at")
+    if expires_at is None:
+        raise MalformedOverride("'expires_at' is missing")
+    if not isinstance(expires_at, str):
+        raise MalformedOverride(f"'expires_at' is {describe(expires_at)}, not an ISO-8601 string")
+    try:
+        moment = parse_timestamp(expires_at)
+    except ValueError:
+        raise MalformedOverride(
+            f"'expires_at' is {describe(expires_at)}, not an ISO-8601 timestamp"
+        ) from None
+    return Override(tier=tier, expires_at_text=expires_at, expires_at=moment)
+
+
+def read_override(connection: Connection) -> tuple[bool, Any]:
+    """(whether the key exists, its stored JSON value)."""
+    row = connection.execute(
+        select(global_config.c.value).where(global_config.c.key == OVERRIDE_KEY)
+    ).first()
+    return (False, None) if row is None else (True, row[0])
+
+
+def delete_if_unchanged(connection: Connection, value_read: Any) -> bool:
+    """Deletes the override only if it still holds `value_read` (jsonb equality)."""
+    deleted = connection.execute(
+        delete(global_config)
+        .where(global_config.c.key == OVERRIDE_KEY, global_config.c.value == value_read)
+        .returning(global_config.c.key)
+    ).first()
+    return deleted is not None
+
+
+def check_once(
+    db: AppDatabase, report: JobReport, now: datetime, *, dry_run: bool
+) -> JobResult | None:
+    """One read-decide-act pass; None when the value changed under us and must be re-read."""
+    with db.transaction() as connection:
+        exists, value = read_override(connection)
+    if not exists:
+        report.info("No override configured")
+        return {"action": "none"}
+    try:
+        override = parse_override(value)
+    except MalformedOverride as fault:
+        raise dg.Failure(
+            description=f"global_config key '{OVERRIDE_KEY}' is malformed: {fault}; left as it is",
+            allow_retries=False,
+        ) from None
+
+    if override.expires_at >= now:
+        report.info(f"Override still active until {override.expires_at_text}")
+        return {"action": "active", "tier": override.tier, "expiresAt": override.expires_at_text}
+
+    if dry_run:
+        report.info(f"Would clear expired override (was: {override.tier})")
+        return {
+            "action": "wouldClear",
+            "dryRun": True,
+            "previousTier": override.tier,
+            "expiredAt": override.expires_at_text,
+        }
+    with db.transaction() as connection:
+        if not delete_if_unchanged(connection, value):
+            report.warning("The override changed after it was read; reading it again")
+            return None
+    report.info(f"Cleared expired override (was: {override.tier})")
+    return {
+        "action": "cleared",
+        "previousTier": override.tier,
+        "expiredAt": override.expires_at_text,
+    }
+
+
+@dg.op(name=OP_NAME)
+def clear_expired_override(
+    context: dg.OpExecutionContext, config: DryRunConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
+    """Deletes the global tier override once its `expires_at` has passed.
+
+    No override: `{"action": "none"}`; still valid: `{"action": "active", ...}`;
+    expired: deleted, `{"action": "cleared", ...}`. A value that is not
+    `{"tier": free|premium|pro, "expires_at": ISO-8601}` fails the run and is kept.
+    """
+    report = JobReport(context, seed_name(JOB_NAME))
+    now = db.now()
+    for _attempt in range(MAX_READS):
+        result = check_once(db, report, now, dry_run=config.dry_run)
+        if result is not None:
+            return report.result(result)
+    raise dg.Failure(
+        description=(
+            f"global_config key '{OVERRIDE_KEY}' changed {MAX_READS} times while it was checked;"
+            " the next run checks it again"
+        )
+    )
+
+
+@dg.job(
+    name=JOB_NAME,
+    description="Clear an expired global tier override (hourly).",
+    tags=job_tags(JOB_NAME, "medium"),
+)
+def global_override_check_job() -> None:
+    clear_expired_override()
+
+
+global_override_check_schedule = dg.ScheduleDefinition(
+    name=f"{JOB_NAME}_schedule",
+    job=global_override_check_job,
+    cron_schedule="0 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,211 @@
+"""promo-cleanup: deactivate expired promo codes, delete old redemptions (Sundays 02:00 UTC).
+
+Both steps run in bounded batches, each its own short transaction, so the app's
+tables are never locked for long; rows the app holds locked are skipped and taken
+by the next run. A code with `valid_until IS NULL` never expires.
+"""
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import dagster as dg
+from pydantic import Field
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    delete,
+    func,
+    select,
+    update,
+)
+
+from jobs_pipeline.app_tables import promo_codes, promo_redemptions
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.jobs.reporting import (
+    LOG_LINE_CAP,
+    DryRunConfig,
+    JobReport,
+    JobResult,
+    iso_utc,
+    job_tags,
+    seed_name,
+)
+
+JOB_NAME = "promo_cleanup"
+OP_NAME = "clean_up_promo_codes"
+
+
+class PromoCleanupConfig(DryRunConfig):
+    redemption_retention_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        description="Redemptions older than this many days are deleted.",
+    )
+    batch_size: int = Field(
+        default=5_000, ge=1, le=100_000, description="Rows changed per transaction."
+    )
+
+
+def is_expired_active_code(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        promo_codes.c.is_active.is_(True),
+        promo_codes.c.valid_until.is_not(None),
+        promo_codes.c.valid_until < now,
+    )
+
+
+def is_old_redemption(cutoff: datetime) -> ColumnElement[bool]:
+    return promo_redemptions.c.redeemed_at < cutoff
+
+
+def deactivate_codes(
+    connection: Connection, now: datetime, *, limit: int
+) -> Sequence[Row[uuid.UUID, str]]:
+    """Deactivates up to `limit` unlocked expired codes, re-checking the rule as it writes."""
+    locked = (
+        select(promo_codes.c.id)
+        .where(is_expired_active_code(now))
+        .order_by(promo_codes.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte()
+    )
+    statement = (
+        update(promo_codes)
+        .where(promo_codes.c.id == locked.c.id, is_expired_active_code(now))
+        .values(is_active=False)
+        .returning(promo_codes.c.id, promo_codes.c.code)
+    )
+    return connection.execute(statement).all()
+
+
+def delete_redemptions(
+    connection: Connection, cutoff: datetime, *, limit: int
+) -> Sequence[Row[uuid.UUID]]:
+    """Deletes up to `limit` unlocked redemptions older than `cutoff`, oldest first."""
+    locked = (
+        select(promo_redemptions.c.id)
+        .where(is_old_redemption(cutoff))
+        .order_by(promo_redemptions.c.redeemed_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte()
+    )
+    statement = (
+        delete(promo_redemptions)
+        .where(promo_redemptions.c.id == locked.c.id, is_old_redemption(cutoff))
+        .returning(promo_redemptions.c.id)
+    )
+    return connection.execute(statement).all()
+
+
+RowT = TypeVar("RowT")
+
+
+def run_batches(
+    db: AppDatabase, batch: Callable[[Connection], Sequence[RowT]], limit: int
+) -> Iterator[Sequence[RowT]]:
+    """Runs `batch` in one short transaction after another until it comes up short.
+
+    Each batch removes its rows from the candidates (deactivated or deleted), and
+    locked rows are skipped, so a short batch means nothing unlocked is left.
+    """
+    while True:
+        with db.transaction() as connection:
+            rows = batch(connection)
+        if rows:
+            yield rows
+        if len(rows) < limit:
+            return
+
+
+def preview_codes(connection: Connection, now: datetime) -> Sequence[Row[uuid.UUID, str]]:
+    return connection.execute(
+        select(promo_codes.c.id, promo_codes.c.code)
+        .where(is_expired_active_code(now))
+        .order_by(promo_codes.c.id)
+        .limit(LOG_LINE_CAP)
+    ).all()
+
+
+def count_rows(connection: Connection, table: Table, condition: ColumnElement[bool]) -> int:
+    return int(
+        connection.execute(select(func.count()).select_from(table).where(condition)).scalar_one()
+    )
+
+
+def dry_run(db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime) -> JobResult:
+    with db.transaction() as connection:
+        codes = count_rows(connection, promo_codes, is_expired_active_code(now))
+        sample = preview_codes(connection, now)
+        redemptions = count_rows(connection, promo_redemptions, is_old_redemption(cutoff))
+    report.info(f"Would deactivate {codes} expired codes")
+    for code_id, code in sample:
+        report.row(f"Would deactivate code {code} ({code_id})")
+    report.end_rows("codes would be deactivated", total=codes)
+    report.info(f"Would delete {redemptions} redemption records older than {iso_utc(cutoff)}")
+    return {
+        "dryRun": True,
+        "wouldDeactivate": codes,
+        "wouldDelete": redemptions,
+        "timestamp": iso_utc(now),
+    }
+
+
+@dg.op(name=OP_NAME)
+def clean_up_promo_codes(
+    context: dg.OpExecutionContext, config: PromoCleanupConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
+    """Deactivates active promo codes whose `valid_until` has passed (NULL never
+    expires), then deletes redemptions older than the retention (365 days by default).
+    """
+    report = JobReport(context, seed_name(JOB_NAME))
+    now = db.now()
+    cutoff = now - timedelta(days=config.redemption_retention_days)
+    if config.dry_run:
+        return report.result(dry_run(db, report, now, cutoff))
+
+    deactivated = 0
+    for rows in run_batches(
+        db, lambda c: deactivate_codes(c, now, limit=config.batch_size), config.batch_size
+    ):
+        for code_id, code in rows:
+            report.row(f"Deactivated code {code} ({code_id})")
+        deactivated += len(rows)
+    report.end_rows("codes deactivated")
+    report.info(f"Deactivated {deactivated} expired codes")
+
+    deleted = sum(
+        len(batch)
+        for batch in run_batches(
+            db, lambda c: delete_redemptions(c, cutoff, limit=config.batch_size), config.batch_size
+        )
+    )
+    report.info(f"Deleted {deleted} old redemption records")
+    return report.result(
+        {"codesDeactivated": deactivated, "redemptionsDeleted": deleted, "timestamp": iso_utc(now)}
+    )
+
+
+@dg.job(
+    name=JOB_NAME,
+    description="Deactivate expired promo codes and delete old redemptions (Sundays 02:00 UTC).",
+    tags=job_tags(JOB_NAME, "low"),
+)
+def promo_cleanup_job() -> None:
+    clean_up_promo_codes()
+
+
+promo_cleanup_schedule = dg.ScheduleDefinition(
+    name=f"{JOB_NAME}_schedule",
+    job=promo_cleanup_job,
+    cron_schedule="0 2 * * 0",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,103 @@
+"""What every job shares with its operators: the seed's log format, tags and results.
+
+Log lines keep the original design's format (`[tier-expiration] Found 5 users ...`),
+and each run ends with `[job-name] Result: {...}` in JSON. The same result is the
+op's output and its output metadata, so the Dagster UI shows every run's counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import dagster as dg
+
+Priority = Literal["high", "medium", "low"]
+
+# Dagster's queue launches higher `dagster/priority` values first.
+PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
+
+# Per-row log lines stop here: a run over a million rows must not flood the event log.
+LOG_LINE_CAP = 100
+
+JobResult = dict[str, Any]
+
+
+class DryRunConfig(dg.Config):
+    """Run configuration every job accepts."""
+
+    dry_run: bool = False
+
+
+def seed_name(job_name: str) -> str:
+    """The hyphenated name users see in the CLI and logs: `tier_expiration` -> `tier-expiration`."""
+    return job_name.replace("_", "-")
+
+
+def job_tags(job_name: str, priority: Priority) -> dict[str, str]:
+    """Tags that the queue reads: priority, and one run at a time per job (`job_lock`)."""
+    return {
+        "dagster/priority": str(PRIORITY_TAG_VALUES[priority]),
+        "priority": priority,
+        "job_lock": job_name,
+    }
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def result_json(result: Mapping[str, Any]) -> str:
+    return json.dumps(result, sort_keys=False, default=str)
+
+
+@dataclass
+class JobReport:
+    """Writes one job's log lines in the seed's `[job-name] message` format."""
+
+    context: dg.OpExecutionContext
+    name: str
+    _rows_seen: int = 0
+    _rows_logged: int = 0
+
+    def info(self, message: str) -> None:
+        self.context.log.info(f"[{self.name}] {message}")
+
+    def warning(self, message: str) -> None:
+        self.context.log.warning(f"[{self.name}] {message}")
+
+    def error(self, message: str) -> None:
+        self.context.log.error(f"[{self.name}] {message}")
+
+    def row(self, message: str) -> None:
+        """A per-row line; only the first LOG_LINE_CAP of a series are logged."""
+        self._rows_seen += 1
+        if self._rows_logged < LOG_LINE_CAP:
+            self.info(message)
+            self._rows_logged += 1
+
+    def end_rows(self, what: str, *, total: int | None = None) -> None:
+        """Closes a series of per-row lines with one summary of those not logged."""
+        seen = max(self._rows_seen, total or 0)
+        if seen > self._rows_logged:
+            self.info(
+                f"... and {seen - self._rows_logged} more {what}"
+                f" (per-row lines stop at {LOG_LINE_CAP})"
+            )
+        self._rows_seen = self._rows_logged = 0
+
+    def result(self, result: JobResult) -> dg.Output[JobResult]:
+        """Logs the closing `Result:` line and returns the result as output and metadata."""
+        self.info(f"Result: {result_json(result)}")
+        metadata: dict[str, Any] = {"result": dg.MetadataValue.json(result)}
+        for key, value in result.items():
+            if isinstance(value, bool):
+                metadata[key] = dg.MetadataValue.bool(value)
+            elif isinstance(value, int):
+                metadata[key] = dg.MetadataValue.int(value)
+            elif isinstance(value, str):
+                metadata[key] = dg.MetadataValue.text(value)
+        return dg.Output(result, metadata=metadata)

@@ -1,0 +1,232 @@
+"""tier-expiration: downgrade users whose paid tier has expired (daily 00:15 UTC).
+
+The original design selected the expired users and then updated each by id, so a
+user who renewed between the two was downgraded all the same. Here the rule is
+checked again by the statement that changes the row, rows are taken in bounded
+batches (one short transaction each), and rows the app holds locked are skipped
+(`SKIP LOCKED`) and left for the next run instead of stalling this one.
+"""
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import dagster as dg
+from pydantic import Field
+from sqlalchemy import ColumnElement, Connection, Row, and_, exc, func, select, update
+
+from jobs_pipeline.app_tables import users
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.jobs.reporting import (
+    LOG_LINE_CAP,
+    DryRunConfig,
+    JobReport,
+    JobResult,
+    iso_utc,
+    job_tags,
+    result_json,
+    seed_name,
+)
+
+JOB_NAME = "tier_expiration"
+OP_NAME = "downgrade_expired_tiers"
+
+
+class TierExpirationConfig(DryRunConfig):
+    batch_size: int = Field(
+        default=5_000, ge=1, le=100_000, description="Users downgraded per transaction."
+    )
+
+
+def has_expired_paid_tier(now: datetime) -> ColumnElement[bool]:
+    """The business rule: a paid tier whose expiry time has passed."""
+    return and_(
+        users.c.tier_expires_at.is_not(None),
+        users.c.tier_expires_at < now,
+        users.c.tier != "free",
+    )
+
+
+def downgrade(
+    connection: Connection,
+    now: datetime,
+    *,
+    limit: int,
+    after_id: uuid.UUID | None = None,
+    only_id: uuid.UUID | None = None,
+) -> Sequence[Row[uuid.UUID, str]]:
+    """Downgrades the next `limit` unlocked expired users after `after_id`, in id order.
+
+    Returns (id, tier before) of each, sorted by id. Locking the rows and
+    re-checking the rule in one statement means a renewal committed at any moment
+    either came first (the row no longer matches) or waits for this short
+    transaction; a row the app holds locked is skipped, not waited for.
+    """
+    window = select(users.c.id, users.c.tier).where(has_expired_paid_tier(now))
+    if after_id is not None:
+        window = window.where(users.c.id > after_id)
+    if only_id is not None:
+        window = window.where(users.c.id == only_id)
+    locked = window.order_by(users.c.id).limit(limit).with_for_update(skip_locked=True).cte()
+    statement = (
+        update(users)
+        .where(users.c.id == locked.c.id, has_expired_paid_tier(now))
+        .values(tier="free", tier_source="default", tier_expires_at=None, updated_at=now)
+        .returning(users.c.id, locked.c.tier)
+    )
+    return sorted(connection.execute(statement).all(), key=lambda row: row[0])
+
+
+def expired_users(
+    connection: Connection, now: datetime, *, limit: int, after_id: uuid.UUID | None = None
+) -> Sequence[Row[uuid.UUID, str]]:
+    """(id, tier) of expired users in id order, without locking them."""
+    window = select(users.c.id, users.c.tier).where(has_expired_paid_tier(now))
+    if after_id is not None:
+        window = window.where(users.c.id > after_id)
+    return connection.execute(window.order_by(users.c.id).limit(limit)).all()
+
+
+def count_expired(connection: Connection, now: datetime) -> int:
+    statement = select(func.count()).select_from(users).where(has_expired_paid_tier(now))
+    return int(connection.execute(statement).scalar_one())
+
+
+def first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def is_connection_loss(error: exc.DBAPIError) -> bool:
+    return bool(error.connection_invalidated) or isinstance(error, exc.InterfaceError)
+
+
+class Downgrader:
+    """Walks the expired users in id order, batch by batch, one transaction per batch.
+
+    When a batch statement fails (a row the app's own rules reject, say), that
+    batch is retried user by user, so one bad row is logged and the rest go on:
+    the original design's "single user update fails: log error, continue".
+    The per-user path runs only for a failed batch, never in the common case.
+    """
+
+    def __init__(self, db: AppDatabase, report: JobReport, now: datetime, batch_size: int):
+        self.db, self.report, self.now, self.batch_size = db, report, now, batch_size
+        self.processed = 0
+        self.failed = 0
+        self.first_failure = ""
+
+    def run(self) -> None:
+        after_id: uuid.UUID | None = None
+        while True:
+            try:
+                with self.db.transaction() as connection:
+                    rows = downgrade(connection, self.now, limit=self.batch_size, after_id=after_id)
+            except exc.DBAPIError as error:
+                if is_connection_loss(error):
+                    raise
+                after_id = self.run_window_user_by_user(after_id, error)
+                if after_id is None:
+                    return
+                continue
+            if not rows:
+                return
+            self.record(rows)
+            after_id = rows[-1][0]
+
+    def run_window_user_by_user(
+        self, after_id: uuid.UUID | None, batch_error: exc.DBAPIError
+    ) -> uuid.UUID | None:
+        """Returns the last id of the window it went through, or None when none was left."""
+        self.report.warning(f"A batch failed ({first_line(batch_error)}); retrying it user by user")
+        with self.db.transaction() as connection:
+            window = expired_users(connection, self.now, limit=self.batch_size, after_id=after_id)
+        for user_id, _tier in window:
+            try:
+                with self.db.transaction() as connection:
+                    rows = downgrade(connection, self.now, limit=1, only_id=user_id)
+            except exc.DBAPIError as error:
+                if is_connection_loss(error):
+                    raise
+                self.failed += 1
+                self.first_failure = self.first_failure or first_line(error)
+                self.report.error(f"Failed to downgrade user {user_id}: {first_line(error)}")
+                continue
+            self.record(rows)
+        return window[-1][0] if window else None
+
+    def record(self, rows: Sequence[Row[uuid.UUID, str]]) -> None:
+        for user_id, previous_tier in rows:
+            self.report.row(f"Downgraded user {user_id} from {previous_tier} to free")
+        self.processed += len(rows)
+
+
+@dg.op(name=OP_NAME)
+def downgrade_expired_tiers(
+    context: dg.OpExecutionContext, config: TierExpirationConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
+    """Downgrades to Free every user whose paid tier expired before the run started.
+
+    Rule: `tier <> 'free'` and `tier_expires_at < now` become `tier = 'free'`,
+    `tier_source = 'default'`, `tier_expires_at = NULL`. Rows the app holds locked
+    are skipped and taken by the next run; one user's failure does not stop the
+    others, but the run fails when every update failed.
+    """
+    report = JobReport(context, seed_name(JOB_NAME))
+    now = db.now()
+    with db.transaction() as connection:
+        found = count_expired(connection, now)
+    report.info(f"Found {found} users with expired tiers")
+
+    if config.dry_run:
+        with db.transaction() as connection:
+            sample = expired_users(connection, now, limit=LOG_LINE_CAP)
+        for user_id, tier in sample:
+            report.row(f"Would downgrade user {user_id} from {tier} to free")
+        report.end_rows("users would be downgraded", total=found)
+        return report.result({"dryRun": True, "wouldProcess": found, "timestamp": iso_utc(now)})
+
+    downgrader = Downgrader(db, report, now, config.batch_size)
+    downgrader.run()
+    report.end_rows("users downgraded")
+    with db.transaction() as connection:
+        left = count_expired(connection, now)
+    skipped = max(left - downgrader.failed, 0)
+    if skipped:
+        report.warning(
+            f"Skipped {skipped} users whose rows the app held locked; the next run takes them"
+        )
+    result = {
+        "processed": downgrader.processed,
+        "failed": downgrader.failed,
+        "skipped": skipped,
+        "timestamp": iso_utc(now),
+    }
+    if downgrader.failed and not downgrader.processed:
+        report.info(f"Result: {result_json(result)}")
+        raise dg.Failure(
+            description=(
+                f"[{report.name}] All {downgrader.failed} user updates failed;"
+                f" first error: {downgrader.first_failure}"
+            ),
+            metadata={"failed": downgrader.failed},
+        )
+    return report.result(result)
+
+
+@dg.job(
+    name=JOB_NAME,
+    description="Downgrade users whose paid tier has expired (daily 00:15 UTC).",
+    tags=job_tags(JOB_NAME, "high"),
+)
+def tier_expiration_job() -> None:
+    downgrade_expired_tiers()
+
+
+tier_expiration_schedule = dg.ScheduleDefinition(
+    name=f"{JOB_NAME}_schedule",
+    job=tier_expiration_job,
+    cron_schedule="15 0 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

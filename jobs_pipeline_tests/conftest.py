@@ -1,0 +1,81 @@
+"""A real PostgreSQL (pgserver) for the whole session, a fresh app database per test.
+
+Each test's database is cloned from a template holding the contract's schema,
+so tests are isolated and cost one `CREATE DATABASE ... TEMPLATE` each.
+"""
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine
+
+from jobs_pipeline.app_database_setup import create_app_schema
+from jobs_pipeline.database import AppDatabase, create_app_engine
+from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+
+TEMPLATE = "app_template"
+_database_numbers = itertools.count()
+
+
+def admin_connection(postgres: EmbeddedPostgres) -> psycopg.Connection:
+    return psycopg.connect(
+        host=str(postgres.pgdata), user="postgres", dbname="postgres", autocommit=True
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    # A short path: the server's unix socket lives in this folder (108-byte limit).
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    server.ensure_database(TEMPLATE)
+    engine = create_app_engine(server.url(TEMPLATE))
+    create_app_schema(engine)
+    engine.dispose()
+    yield server
+    server.server.cleanup()
+
+
+@pytest.fixture
+def app_db_url(postgres: EmbeddedPostgres) -> Iterator[str]:
+    name = f"app_test_{next(_database_numbers)}"
+    with admin_connection(postgres) as connection:
+        connection.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+    yield postgres.url(name)
+    with admin_connection(postgres) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def engine(app_db_url: str) -> Iterator[Engine]:
+    """The test's own connections to the app database, playing the app."""
+    engine = create_app_engine(app_db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(app_db_url: str) -> AppDatabase:
+    return AppDatabase(url=app_db_url)
+
+
+@pytest.fixture(scope="session")
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance (temporary folder, its own run and event storage)."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[1]

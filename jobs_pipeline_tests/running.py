@@ -1,0 +1,32 @@
+"""Runs a job for real (a real Dagster instance, a real database) and reads what it logged."""
+
+from typing import Any
+
+import dagster as dg
+
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.launch import op_config_for
+
+
+def run_job(
+    job: dg.JobDefinition,
+    db: AppDatabase,
+    instance: dg.DagsterInstance,
+    **op_config: Any,
+) -> dg.ExecuteInProcessResult:
+    return job.execute_in_process(
+        run_config=op_config_for(job, **op_config),
+        resources={"db": db},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def log_messages(instance: dg.DagsterInstance, execution: dg.ExecuteInProcessResult) -> list[str]:
+    """Every user-level log message the run wrote to the instance's event log."""
+    records = instance.all_logs(execution.run_id)
+    return [
+        record.user_message
+        for record in records
+        if record.dagster_event is None and record.user_message
+    ]
