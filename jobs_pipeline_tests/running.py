@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.launch import op_config_for
+from jobs_pipeline.launch import op_config_for, result_of
 
 
 def run_job(
@@ -30,3 +30,10 @@ def log_messages(instance: dg.DagsterInstance, execution: dg.ExecuteInProcessRes
         for record in records
         if record.dagster_event is None and record.user_message
     ]
+
+
+def job_result(execution: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The result a successful run recorded; a run that recorded none fails the test."""
+    result = result_of(execution)
+    assert result is not None, f"run {execution.run_id} recorded no result"
+    return result

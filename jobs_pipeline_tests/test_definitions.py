@@ -14,9 +14,11 @@ from sqlalchemy import inspect
 from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.launch import result_of
+from jobs_pipeline_tests.running import job_result
 
 # INTERFACE.md's table: Dagster job, schedule (UTC), priority.
+SCHEDULES = [s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)]
+
 INVENTORY = {
     "tier_expiration": ("15 0 * * *", "high"),
     "global_override_check": ("0 * * * *", "medium"),
@@ -34,18 +36,16 @@ def test_every_job_resolves_and_matches_the_interface():
 
 
 def test_priorities_launch_high_before_medium_before_low():
-    value = {
-        name: int(defs.resolve_job_def(name).tags["dagster/priority"]) for name in INVENTORY
-    }
+    value = {name: int(defs.resolve_job_def(name).tags["dagster/priority"]) for name in INVENTORY}
     assert value["tier_expiration"] > value["global_override_check"] > value["promo_cleanup"]
 
 
 def test_schedules_are_utc_running_and_target_their_job():
-    schedules = {s.job_name: s for s in defs.schedules or []}
+    schedules = {s.job_name: s for s in SCHEDULES}
     assert set(schedules) == set(INVENTORY)
+    assert len(SCHEDULES) == len(list(defs.schedules or []))
     for job_name, (cron, _priority) in INVENTORY.items():
         schedule = schedules[job_name]
-        assert isinstance(schedule, dg.ScheduleDefinition)
         assert schedule.name == f"{job_name}_schedule"
         assert schedule.cron_schedule == cron
         assert schedule.execution_timezone == "UTC"
@@ -54,7 +54,7 @@ def test_schedules_are_utc_running_and_target_their_job():
 
 @pytest.mark.parametrize("job_name", sorted(INVENTORY))
 def test_a_schedule_tick_requests_a_run_of_its_job(job_name, instance):
-    schedule = next(s for s in defs.schedules or [] if s.job_name == job_name)
+    schedule = next(s for s in SCHEDULES if s.job_name == job_name)
     context = dg.build_schedule_context(
         instance=instance, scheduled_execution_time=dt.datetime(2026, 11, 29, 2, 0, tzinfo=dt.UTC)
     )
@@ -118,7 +118,7 @@ def test_dagster_yaml_keeps_history_in_postgres_with_one_run_per_job(
         execution = job.execute_in_process(
             instance=instance, resources={"db": AppDatabase(url=app_db_url)}
         )
-        assert result_of(execution) == {"action": "none"}
+        assert job_result(execution) == {"action": "none"}
     # A new instance on the same storage (a restarted webserver) still has the run.
     with dg.DagsterInstance.from_config(str(tmp_path)) as reopened:
         run = reopened.get_run_by_id(execution.run_id)

@@ -12,9 +12,9 @@ from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     read_override,
 )
-from jobs_pipeline.launch import failure_message, result_of
+from jobs_pipeline.launch import failure_message
 from jobs_pipeline_tests.app_data import db_now, set_override, table_rows
-from jobs_pipeline_tests.running import log_messages, run_job
+from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 
 def iso_z(moment) -> str:
@@ -24,7 +24,7 @@ def iso_z(moment) -> str:
 def test_no_override(db, instance):
     execution = run_job(global_override_check_job, db, instance)
 
-    assert result_of(execution) == {"action": "none"}
+    assert job_result(execution) == {"action": "none"}
     assert "[global-override-check] No override configured" in log_messages(instance, execution)
 
 
@@ -35,7 +35,7 @@ def test_an_active_override_stays(engine, db, instance):
 
     execution = run_job(global_override_check_job, db, instance)
 
-    assert result_of(execution) == {"action": "active", "tier": "pro", "expiresAt": expires}
+    assert job_result(execution) == {"action": "active", "tier": "pro", "expiresAt": expires}
     assert len(table_rows(engine, global_config)) == 1
 
 
@@ -46,7 +46,7 @@ def test_an_expired_override_is_cleared(engine, db, instance):
 
     execution = run_job(global_override_check_job, db, instance)
 
-    assert result_of(execution) == {
+    assert job_result(execution) == {
         "action": "cleared",
         "previousTier": "premium",
         "expiredAt": expired,
@@ -55,7 +55,7 @@ def test_an_expired_override_is_cleared(engine, db, instance):
     assert "[global-override-check] Cleared expired override (was: premium)" in log_messages(
         instance, execution
     )
-    assert result_of(run_job(global_override_check_job, db, instance)) == {"action": "none"}
+    assert job_result(run_job(global_override_check_job, db, instance)) == {"action": "none"}
 
 
 def test_an_offset_is_honoured(engine, db, instance):
@@ -67,7 +67,7 @@ def test_an_offset_is_honoured(engine, db, instance):
 
     execution = run_job(global_override_check_job, db, instance)
 
-    assert result_of(execution)["action"] == "cleared"
+    assert job_result(execution)["action"] == "cleared"
 
 
 def test_a_time_without_offset_is_read_as_utc(engine, db, instance, monkeypatch):
@@ -85,7 +85,7 @@ def test_a_time_without_offset_is_read_as_utc(engine, db, instance, monkeypatch)
         monkeypatch.undo()
         time.tzset()
 
-    assert result_of(execution) == {"action": "active", "tier": "premium", "expiresAt": written}
+    assert job_result(execution) == {"action": "active", "tier": "premium", "expiresAt": written}
     assert os.environ.get("TZ") != "Pacific/Kiritimati"
 
 
@@ -97,7 +97,7 @@ def test_dry_run_reports_and_keeps_an_expired_override(engine, db, instance):
 
     execution = run_job(global_override_check_job, db, instance, dry_run=True)
 
-    assert result_of(execution) == {
+    assert job_result(execution) == {
         "action": "wouldClear",
         "dryRun": True,
         "previousTier": "pro",

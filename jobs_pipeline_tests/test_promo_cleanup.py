@@ -5,7 +5,6 @@ from sqlalchemy import func, select
 
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
-from jobs_pipeline.launch import result_of
 from jobs_pipeline_tests.app_data import (
     add_promo_code,
     add_redemption,
@@ -13,7 +12,7 @@ from jobs_pipeline_tests.app_data import (
     db_now,
     table_rows,
 )
-from jobs_pipeline_tests.running import log_messages, run_job
+from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 
 def code_states(engine) -> dict[str, bool]:
@@ -47,7 +46,7 @@ def test_deactivates_expired_codes_and_deletes_old_redemptions(engine, db, insta
     execution = run_job(promo_cleanup_job, db, instance)
 
     assert execution.success
-    result = result_of(execution)
+    result = job_result(execution)
     assert (result["codesDeactivated"], result["redemptionsDeleted"]) == (2, 7)
     assert code_states(engine) == {
         "EXPIRED": False,
@@ -67,11 +66,9 @@ def test_deactivates_expired_codes_and_deletes_old_redemptions(engine, db, insta
 
 
 def test_retention_is_configurable_and_batches_are_bounded(engine, db, instance, promo_data):
-    execution = run_job(
-        promo_cleanup_job, db, instance, redemption_retention_days=30, batch_size=3
-    )
+    execution = run_job(promo_cleanup_job, db, instance, redemption_retention_days=30, batch_size=3)
 
-    assert result_of(execution)["redemptionsDeleted"] == 9
+    assert job_result(execution)["redemptionsDeleted"] == 9
     assert redemption_count(engine) == 0
 
 
@@ -88,8 +85,8 @@ def test_dry_run_reports_and_changes_nothing(engine, db, instance, promo_data):
 
     execution = run_job(promo_cleanup_job, db, instance, dry_run=True)
 
-    assert result_of(execution)["wouldDeactivate"] == 2
-    assert result_of(execution)["wouldDelete"] == 7
+    assert job_result(execution)["wouldDeactivate"] == 2
+    assert job_result(execution)["wouldDelete"] == 7
     assert table_rows(engine, promo_codes) == codes_before
     assert table_rows(engine, promo_redemptions) == redemptions_before
     messages = log_messages(instance, execution)
@@ -102,7 +99,10 @@ def test_re_running_changes_nothing_more(engine, db, instance, promo_data):
 
     again = run_job(promo_cleanup_job, db, instance)
 
-    assert (result_of(again)["codesDeactivated"], result_of(again)["redemptionsDeleted"]) == (0, 0)
+    assert (job_result(again)["codesDeactivated"], job_result(again)["redemptionsDeleted"]) == (
+        0,
+        0,
+    )
     assert table_rows(engine, promo_codes) == codes
     assert table_rows(engine, promo_redemptions) == redemptions
 
@@ -119,5 +119,5 @@ def test_rows_the_app_holds_locked_wait_for_the_next_run(engine, db, instance, p
         app.close()
 
     assert execution.success
-    assert result_of(execution)["redemptionsDeleted"] == 6
-    assert result_of(run_job(promo_cleanup_job, db, instance))["redemptionsDeleted"] == 1
+    assert job_result(execution)["redemptionsDeleted"] == 6
+    assert job_result(run_job(promo_cleanup_job, db, instance))["redemptionsDeleted"] == 1

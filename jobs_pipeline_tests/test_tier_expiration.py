@@ -8,7 +8,7 @@ from sqlalchemy import select, text, update
 
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.launch import failure_message, result_of
+from jobs_pipeline.launch import failure_message
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,
@@ -16,7 +16,7 @@ from jobs_pipeline_tests.app_data import (
     table_rows,
     user_row,
 )
-from jobs_pipeline_tests.running import log_messages, run_job
+from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 
 def test_downgrades_only_expired_paid_users(engine, db, instance):
@@ -32,7 +32,7 @@ def test_downgrades_only_expired_paid_users(engine, db, instance):
     execution = run_job(tier_expiration_job, db, instance)
 
     assert execution.success
-    result = result_of(execution)
+    result = job_result(execution)
     assert result is not None
     assert (result["processed"], result["failed"], result["skipped"]) == (2, 0, 0)
     for user_id in (expired_premium, expired_pro):
@@ -60,7 +60,7 @@ def test_logs_in_the_seed_format_and_records_metadata(engine, db, instance):
     result_lines = [m for m in messages if m.startswith("[tier-expiration] Result: ")]
     assert len(result_lines) == 1
     logged = json.loads(result_lines[0].removeprefix("[tier-expiration] Result: "))
-    assert logged == result_of(execution)
+    assert logged == job_result(execution)
     (materialized,) = [
         e for e in execution.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT
     ]
@@ -76,7 +76,7 @@ def test_many_users_in_batches_with_capped_log_lines(engine, db, instance):
 
     execution = run_job(tier_expiration_job, db, instance, batch_size=40)
 
-    assert result_of(execution)["processed"] == 150
+    assert job_result(execution)["processed"] == 150
     with engine.connect() as c:
         tiers = set(c.execute(select(users.c.tier).where(users.c.id.in_(ids))).scalars())
     assert tiers == {"free"}
@@ -98,7 +98,7 @@ def test_dry_run_reports_and_changes_nothing(engine, db, instance):
 
     assert execution.success
     assert table_rows(engine, users) == before
-    result = result_of(execution)
+    result = job_result(execution)
     assert result["dryRun"] is True and result["wouldProcess"] == 3
     messages = log_messages(instance, execution)
     for user_id in ids:
@@ -110,13 +110,13 @@ def test_re_running_changes_nothing_more(engine, db, instance):
     with engine.begin() as c:
         for _ in range(5):
             add_expired_user(c, now)
-    assert result_of(run_job(tier_expiration_job, db, instance))["processed"] == 5
+    assert job_result(run_job(tier_expiration_job, db, instance))["processed"] == 5
     after_first = table_rows(engine, users)
 
     second = run_job(tier_expiration_job, db, instance)
 
     assert second.success
-    assert result_of(second)["processed"] == 0
+    assert job_result(second)["processed"] == 0
     assert table_rows(engine, users) == after_first
 
 
@@ -138,7 +138,7 @@ def test_a_row_the_app_holds_locked_is_skipped_then_taken_by_the_next_run(engine
         app.close()
 
     assert execution.success
-    result = result_of(execution)
+    result = job_result(execution)
     assert (result["processed"], result["skipped"]) == (1, 1)
     # It did not wait on the lock (the lock timeout alone is 2 s).
     assert elapsed < 2
@@ -150,7 +150,7 @@ def test_a_row_the_app_holds_locked_is_skipped_then_taken_by_the_next_run(engine
     )
 
     next_run = run_job(tier_expiration_job, db, instance)
-    assert result_of(next_run)["processed"] == 1
+    assert job_result(next_run)["processed"] == 1
     assert user_row(engine, held)["tier"] == "free"
 
 
@@ -170,7 +170,7 @@ def test_a_renewal_in_flight_is_not_downgraded(engine, db, instance):
     assert execution.success
     row = user_row(engine, renewing)
     assert (row["tier"], row["tier_expires_at"]) == ("premium", renewed_until)
-    assert result_of(run_job(tier_expiration_job, db, instance))["processed"] == 0
+    assert job_result(run_job(tier_expiration_job, db, instance))["processed"] == 0
 
 
 def test_renewals_racing_the_job_are_never_downgraded(engine, db, instance):
@@ -205,7 +205,7 @@ def test_renewals_racing_the_job_are_never_downgraded(engine, db, instance):
         rows = c.execute(select(users.c.id, users.c.tier).where(users.c.id.in_(renewed))).all()
     wrongly_downgraded = [user_id for user_id, tier in rows if tier != "pro"]
     assert wrongly_downgraded == []
-    result = result_of(execution)
+    result = job_result(execution)
     assert result["processed"] + len(renewed) >= len(ids) - result["skipped"]
 
 
@@ -229,7 +229,7 @@ def test_one_users_failure_is_logged_and_the_rest_go_on(engine, db, instance):
     execution = run_job(tier_expiration_job, db, instance)
 
     assert execution.success
-    result = result_of(execution)
+    result = job_result(execution)
     assert (result["processed"], result["failed"], result["skipped"]) == (4, 1, 0)
     assert {user_row(engine, u)["tier"] for u in good} == {"free"}
     assert user_row(engine, broken)["tier"] == "premium"

@@ -20,9 +20,9 @@ from jobs_pipeline.jobs.reporting import (
     DryRunConfig,
     JobReport,
     JobResult,
-    job_tags,
     seed_name,
 )
+from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
 
 JOB_NAME = "global_override_check"
 OP_NAME = "clear_expired_override"
@@ -173,10 +173,4 @@ def global_override_check_job() -> None:
     clear_expired_override()
 
 
-global_override_check_schedule = dg.ScheduleDefinition(
-    name=f"{JOB_NAME}_schedule",
-    job=global_override_check_job,
-    cron_schedule="0 * * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+global_override_check_schedule = utc_schedule(global_override_check_job, "0 * * * *")

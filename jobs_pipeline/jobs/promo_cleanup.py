@@ -6,9 +6,8 @@ by the next run. A code with `valid_until IS NULL` never expires.
 """
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import dagster as dg
 from pydantic import Field
@@ -26,15 +25,16 @@ from sqlalchemy import (
 
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.jobs.batching import locked_batch, run_batches
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
     JobReport,
     JobResult,
     iso_utc,
-    job_tags,
     seed_name,
 )
+from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
@@ -68,13 +68,8 @@ def deactivate_codes(
     connection: Connection, now: datetime, *, limit: int
 ) -> Sequence[Row[uuid.UUID, str]]:
     """Deactivates up to `limit` unlocked expired codes, re-checking the rule as it writes."""
-    locked = (
-        select(promo_codes.c.id)
-        .where(is_expired_active_code(now))
-        .order_by(promo_codes.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte()
+    locked = locked_batch(
+        [promo_codes.c.id], is_expired_active_code(now), order_by=promo_codes.c.id, limit=limit
     )
     statement = (
         update(promo_codes)
@@ -89,13 +84,11 @@ def delete_redemptions(
     connection: Connection, cutoff: datetime, *, limit: int
 ) -> Sequence[Row[uuid.UUID]]:
     """Deletes up to `limit` unlocked redemptions older than `cutoff`, oldest first."""
-    locked = (
-        select(promo_redemptions.c.id)
-        .where(is_old_redemption(cutoff))
-        .order_by(promo_redemptions.c.redeemed_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte()
+    locked = locked_batch(
+        [promo_redemptions.c.id],
+        is_old_redemption(cutoff),
+        order_by=promo_redemptions.c.redeemed_at,
+        limit=limit,
     )
     statement = (
         delete(promo_redemptions)
@@ -103,26 +96,6 @@ def delete_redemptions(
         .returning(promo_redemptions.c.id)
     )
     return connection.execute(statement).all()
-
-
-RowT = TypeVar("RowT")
-
-
-def run_batches(
-    db: AppDatabase, batch: Callable[[Connection], Sequence[RowT]], limit: int
-) -> Iterator[Sequence[RowT]]:
-    """Runs `batch` in one short transaction after another until it comes up short.
-
-    Each batch removes its rows from the candidates (deactivated or deleted), and
-    locked rows are skipped, so a short batch means nothing unlocked is left.
-    """
-    while True:
-        with db.transaction() as connection:
-            rows = batch(connection)
-        if rows:
-            yield rows
-        if len(rows) < limit:
-            return
 
 
 def preview_codes(connection: Connection, now: datetime) -> Sequence[Row[uuid.UUID, str]]:
@@ -202,10 +175,4 @@ def promo_cleanup_job() -> None:
     clean_up_promo_codes()
 
 
-promo_cleanup_schedule = dg.ScheduleDefinition(
-    name=f"{JOB_NAME}_schedule",
-    job=promo_cleanup_job,
-    cron_schedule="0 2 * * 0",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+promo_cleanup_schedule = utc_schedule(promo_cleanup_job, "0 2 * * 0")

@@ -1,4 +1,4 @@
-"""What every job shares with its operators: the seed's log format, tags and results.
+"""What every job shares with its operators: the seed's log format and results.
 
 Log lines keep the original design's format (`[tier-expiration] Found 5 users ...`),
 and each run ends with `[job-name] Result: {...}` in JSON. The same result is the
@@ -11,14 +11,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
-
-Priority = Literal["high", "medium", "low"]
-
-# Dagster's queue launches higher `dagster/priority` values first.
-PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
 
 # Per-row log lines stop here: a run over a million rows must not flood the event log.
 LOG_LINE_CAP = 100
@@ -35,15 +30,6 @@ class DryRunConfig(dg.Config):
 def seed_name(job_name: str) -> str:
     """The hyphenated name users see in the CLI and logs: `tier_expiration` -> `tier-expiration`."""
     return job_name.replace("_", "-")
-
-
-def job_tags(job_name: str, priority: Priority) -> dict[str, str]:
-    """Tags that the queue reads: priority, and one run at a time per job (`job_lock`)."""
-    return {
-        "dagster/priority": str(PRIORITY_TAG_VALUES[priority]),
-        "priority": priority,
-        "job_lock": job_name,
-    }
 
 
 def iso_utc(moment: datetime) -> str:

@@ -17,16 +17,17 @@ from sqlalchemy import ColumnElement, Connection, Row, and_, exc, func, select, 
 
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.jobs.batching import locked_batch
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
     JobReport,
     JobResult,
     iso_utc,
-    job_tags,
     result_json,
     seed_name,
 )
+from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
 
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
@@ -62,12 +63,12 @@ def downgrade(
     either came first (the row no longer matches) or waits for this short
     transaction; a row the app holds locked is skipped, not waited for.
     """
-    window = select(users.c.id, users.c.tier).where(has_expired_paid_tier(now))
+    condition = has_expired_paid_tier(now)
     if after_id is not None:
-        window = window.where(users.c.id > after_id)
+        condition = and_(condition, users.c.id > after_id)
     if only_id is not None:
-        window = window.where(users.c.id == only_id)
-    locked = window.order_by(users.c.id).limit(limit).with_for_update(skip_locked=True).cte()
+        condition = and_(condition, users.c.id == only_id)
+    locked = locked_batch([users.c.id, users.c.tier], condition, order_by=users.c.id, limit=limit)
     statement = (
         update(users)
         .where(users.c.id == locked.c.id, has_expired_paid_tier(now))
@@ -223,10 +224,4 @@ def tier_expiration_job() -> None:
     downgrade_expired_tiers()
 
 
-tier_expiration_schedule = dg.ScheduleDefinition(
-    name=f"{JOB_NAME}_schedule",
-    job=tier_expiration_job,
-    cron_schedule="15 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+tier_expiration_schedule = utc_schedule(tier_expiration_job, "15 0 * * *")
