@@ -5,11 +5,17 @@ the contract's schema into a database the project created itself, and fills an
 empty one with demo data.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 
 from sqlalchemy import Connection, Engine, func, inspect, select
 
 from jobs_pipeline.app_tables import users
+from jobs_pipeline.database import create_app_engine
+
+# Laying a schema or demo data is one long transaction, unlike a job's statements.
+SETUP_STATEMENT_TIMEOUT_MS = 600_000
 
 
 class DemoDataRefused(RuntimeError):
@@ -60,3 +66,29 @@ def load_demo_data(engine: Engine) -> int:
             )
         run_script(connection, "demo_data.sql")
         return user_count(connection)
+
+
+@contextmanager
+def setup_engine(url: str) -> Iterator[Engine]:
+    engine = create_app_engine(url, statement_timeout_ms=SETUP_STATEMENT_TIMEOUT_MS)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def prepare_embedded_app_database(url: str, *, demo_data_when_empty: bool) -> int:
+    """The contract's schema in the embedded database (which the project owns), and
+    demo data if asked and it has no users; returns the demo users made (0 if none).
+
+    Never called for a database named by `DATABASE_URL`: that schema is the app's.
+    """
+    with setup_engine(url) as engine:
+        if not has_app_schema(engine):
+            create_app_schema(engine)
+        if not demo_data_when_empty:
+            return 0
+        with engine.connect() as connection:
+            if user_count(connection):
+                return 0
+        return load_demo_data(engine)

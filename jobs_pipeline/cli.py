@@ -95,16 +95,25 @@ def resolve_job_name(name: str) -> str:
 def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     import dagster as dg
 
+    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+    from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.jobs.reporting import result_json, seed_name
-    from jobs_pipeline.launch import failure_message, op_config_for, result_of
+    from jobs_pipeline.launch import LaunchError, failure_message, plan_launch, result_of
 
     job_name = resolve_job_name(job)
-    if user is not None:
-        raise UsageError("--user applies only to discipline-stats-rollup")
-    fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
     job_def = defs.resolve_job_def(job_name)
-    run_config = op_config_for(job_def, dry_run=dry_run)
+    environment = fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
+    if environment.app_is_embedded:
+        # A fresh checkout's embedded database gets the schema, not demo data.
+        prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=False)
+    app_engine = create_app_engine(os.environ["DATABASE_URL"])
+    try:
+        plan = plan_launch(job_def, dry_run=dry_run, user=user, app_engine=app_engine)
+    except LaunchError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        app_engine.dispose()
     instance = (
         dg.DagsterInstance.get()
         if os.environ.get("DAGSTER_HOME")
@@ -112,10 +121,11 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     )
     with instance:
         execution = job_def.execute_in_process(
-            run_config=run_config,
+            run_config=plan.run_config,
             instance=instance,
             raise_on_error=False,
-            tags={"jobs_pipeline/triggered_by": "cli"},
+            partition_key=plan.partition_key,
+            tags={**plan.tags, "jobs_pipeline/triggered_by": "cli"},
         )
     name = seed_name(job_name)
     if not execution.success:
@@ -182,23 +192,20 @@ def last_run(instance: Any, job_name: str) -> str:
 def command_demo_data() -> int:
     from jobs_pipeline.app_database_setup import (
         DemoDataRefused,
-        create_app_schema,
-        has_app_schema,
         load_demo_data,
+        prepare_embedded_app_database,
+        setup_engine,
     )
-    from jobs_pipeline.database import create_app_engine
 
     environment = fill_environment(dagster_storage=False)
-    engine = create_app_engine(os.environ["DATABASE_URL"], statement_timeout_ms=600_000)
-    try:
-        if environment.app_is_embedded and not has_app_schema(engine):
-            create_app_schema(engine)
+    url = os.environ["DATABASE_URL"]
+    if environment.app_is_embedded:
+        prepare_embedded_app_database(url, demo_data_when_empty=False)
+    with setup_engine(url) as engine:
         try:
             created = load_demo_data(engine)
         except DemoDataRefused as refusal:
             raise UsageError(str(refusal)) from None
-    finally:
-        engine.dispose()
     print(f"demo data: {created} users with their journals, promo codes and an override")
     return 0
 
@@ -218,33 +225,14 @@ def prepare_dagster_home() -> Path:
     return home
 
 
-def prepare_app_database(app_is_embedded: bool) -> None:
-    """In the embedded database only: the contract's schema, and demo data when empty."""
-    if not app_is_embedded:
-        return
-    from jobs_pipeline.app_database_setup import (
-        create_app_schema,
-        has_app_schema,
-        load_demo_data,
-        user_count,
-    )
-    from jobs_pipeline.database import create_app_engine
-
-    engine = create_app_engine(os.environ["DATABASE_URL"], statement_timeout_ms=600_000)
-    try:
-        if not has_app_schema(engine):
-            create_app_schema(engine)
-        with engine.connect() as connection:
-            empty = user_count(connection) == 0
-        if empty:
-            print(f"jobs-pipeline: demo data: {load_demo_data(engine)} users", file=sys.stderr)
-    finally:
-        engine.dispose()
-
-
 def command_dev(host: str, port: int) -> int:
+    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+
     environment = fill_environment(dagster_storage=True)
-    prepare_app_database(environment.app_is_embedded)
+    if environment.app_is_embedded:
+        made = prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=True)
+        if made:
+            print(f"jobs-pipeline: demo data: {made} users", file=sys.stderr)
     home = prepare_dagster_home()
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "jobs_pipeline.definitions"]

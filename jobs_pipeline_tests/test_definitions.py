@@ -23,6 +23,7 @@ INVENTORY = {
     "tier_expiration": ("15 0 * * *", "high"),
     "global_override_check": ("0 * * * *", "medium"),
     "promo_cleanup": ("0 2 * * 0", "low"),
+    "discipline_stats_rollup": ("0 1 * * *", "medium"),
 }
 
 

@@ -75,15 +75,28 @@ class JobReport:
             )
         self._rows_seen = self._rows_logged = 0
 
+    def log_result(self, result: JobResult) -> None:
+        """The closing `[job-name] Result: {...}` line, in JSON."""
+        self.info(f"Result: {result_json(result)}")
+
     def result(self, result: JobResult) -> dg.Output[JobResult]:
         """Logs the closing `Result:` line and returns the result as output and metadata."""
-        self.info(f"Result: {result_json(result)}")
-        metadata: dict[str, Any] = {"result": dg.MetadataValue.json(result)}
-        for key, value in result.items():
-            if isinstance(value, bool):
-                metadata[key] = dg.MetadataValue.bool(value)
-            elif isinstance(value, int):
-                metadata[key] = dg.MetadataValue.int(value)
-            elif isinstance(value, str):
-                metadata[key] = dg.MetadataValue.text(value)
-        return dg.Output(result, metadata=metadata)
+        self.log_result(result)
+        return dg.Output(result, metadata=result_metadata(result))
+
+
+def result_metadata(result: JobResult) -> dict[str, Any]:
+    """The result as Dagster metadata: whole under `result`, and each count on its own,
+    so the UI can plot counts across runs.
+    """
+    metadata: dict[str, Any] = {"result": dg.MetadataValue.json(result)}
+    for key, value in result.items():
+        if isinstance(value, bool):
+            metadata[key] = dg.MetadataValue.bool(value)
+        elif isinstance(value, int):
+            metadata[key] = dg.MetadataValue.int(value)
+        elif isinstance(value, float):
+            metadata[key] = dg.MetadataValue.float(value)
+        elif isinstance(value, str):
+            metadata[key] = dg.MetadataValue.text(value)
+    return metadata

@@ -24,7 +24,6 @@ from jobs_pipeline.jobs.reporting import (
     JobReport,
     JobResult,
     iso_utc,
-    result_json,
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
@@ -204,7 +203,7 @@ def downgrade_expired_tiers(
         "timestamp": iso_utc(now),
     }
     if downgrader.failed and not downgrader.processed:
-        report.info(f"Result: {result_json(result)}")
+        report.log_result(result)
         raise dg.Failure(
             description=(
                 f"[{report.name}] All {downgrader.failed} user updates failed;"

@@ -1,0 +1,101 @@
+"""Running the installed `jobs-pipeline` console script for real, and waiting on servers."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+JOBS_PIPELINE = Path(sys.executable).with_name("jobs-pipeline")
+
+# Variables a test must set itself: the developer's own (or another test's) must not leak in.
+OWNED_VARIABLES = ("DATABASE_URL", "DAGSTER_HOME", "DAGSTER_POSTGRES_URL")
+
+
+def cli_environment(state_dir: Path, **variables: str) -> dict[str, str]:
+    """This process's environment without the project's variables, plus `variables`."""
+    environment = {k: v for k, v in os.environ.items() if k not in OWNED_VARIABLES}
+    environment["JOBS_PIPELINE_STATE_DIR"] = str(state_dir)
+    environment.update(variables)
+    return environment
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for_url(url: str, process: subprocess.Popen, log: Path, deadline_s: float) -> None:
+    """Waits until `url` answers 200; fails early, with the log, if the process exits."""
+    give_up = time.monotonic() + deadline_s
+    while time.monotonic() < give_up:
+        if answers_200(url):
+            return
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the process exited ({process.returncode}) before {url} answered:\n{tail(log)}"
+            )
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 200 within {deadline_s:.0f} s:\n{tail(log)}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (in parentheses) may hold spaces; the parent pid follows it.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def process_groups(pids: list[int]) -> set[int]:
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    return groups
+
+
+def kill_groups(groups: set[int], signum: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signum)

@@ -1,0 +1,272 @@
+"""The installed `jobs-pipeline` command, run as a real subprocess against a real PostgreSQL."""
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from sqlalchemy import func, select
+
+from jobs_pipeline.app_tables import global_config, users
+from jobs_pipeline_tests.app_data import (
+    add_expired_user,
+    add_user,
+    db_now,
+    set_override,
+    table_rows,
+    user_row,
+)
+from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
+
+SCHEDULES = {
+    "tier-expiration": "15 0 * * *",
+    "global-override-check": "0 * * * *",
+    "promo-cleanup": "0 2 * * 0",
+}
+
+
+def jobs_pipeline(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(JOBS_PIPELINE), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def result_of_run(completed: subprocess.CompletedProcess[str], name: str) -> dict[str, Any]:
+    """The JSON of the `[name] Result: {...}` line, which must be stdout's last line."""
+    lines = completed.stdout.strip().splitlines()
+    assert lines, f"no stdout; stderr:\n{completed.stderr[-3000:]}"
+    prefix = f"[{name}] Result: "
+    assert lines[-1].startswith(prefix), completed.stdout
+    return json.loads(lines[-1].removeprefix(prefix))
+
+
+def user_count(engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(users)).scalar_one())
+
+
+@pytest.fixture
+def env(tmp_path: Path, app_db_url: str) -> dict[str, str]:
+    """The subprocess's environment: the test's database, a private state folder."""
+    return cli_environment(tmp_path / "state", DATABASE_URL=app_db_url)
+
+
+@pytest.mark.parametrize("spelling", ["tier-expiration", "tier_expiration"])
+def test_run_downgrades_expired_users_and_ends_with_the_result(engine, env, tmp_path, spelling):
+    now = db_now(engine)
+    with engine.begin() as c:
+        expired = [add_expired_user(c, now) for _ in range(3)]
+        still_paid = add_user(c, tier="pro", tier_expires_at=None, tier_source="admin")
+
+    completed = jobs_pipeline("run", spelling, env=env, cwd=tmp_path)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = result_of_run(completed, "tier-expiration")
+    assert (result["processed"], result["failed"], result["skipped"]) == (3, 0, 0)
+    assert {user_row(engine, u)["tier"] for u in expired} == {"free"}
+    assert user_row(engine, still_paid)["tier"] == "pro"
+    # Dagster's own log goes to stderr, not into the result on stdout.
+    assert "RUN_SUCCESS" in completed.stderr
+    assert "RUN_SUCCESS" not in completed.stdout
+
+
+def test_dry_run_changes_nothing_and_says_so(engine, env, tmp_path):
+    now = db_now(engine)
+    with engine.begin() as c:
+        for _ in range(2):
+            add_expired_user(c, now)
+        set_override(c, {"tier": "pro", "expires_at": "2020-01-01T00:00:00Z"})
+    users_before = table_rows(engine, users)
+    config_before = table_rows(engine, global_config)
+
+    tiers = jobs_pipeline("run", "tier-expiration", "--dry-run", env=env, cwd=tmp_path)
+    override = jobs_pipeline("run", "global-override-check", "--dry-run", env=env, cwd=tmp_path)
+
+    assert tiers.returncode == 0, tiers.stderr[-3000:]
+    assert override.returncode == 0, override.stderr[-3000:]
+    tiers_result = result_of_run(tiers, "tier-expiration")
+    assert tiers_result["dryRun"] is True
+    assert tiers_result["wouldProcess"] == 2
+    override_result = result_of_run(override, "global-override-check")
+    assert (override_result["dryRun"], override_result["action"]) == (True, "wouldClear")
+    assert table_rows(engine, users) == users_before
+    assert table_rows(engine, global_config) == config_before
+
+
+def test_an_unknown_job_is_a_usage_error_naming_the_jobs(env, tmp_path):
+    completed = jobs_pipeline("run", "tier-expirations", env=env, cwd=tmp_path)
+
+    assert completed.returncode == 2
+    assert "tier-expirations" in completed.stderr
+    for name in SCHEDULES:
+        assert name in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
+
+
+def test_user_is_refused_for_other_jobs(engine, env, tmp_path):
+    now = db_now(engine)
+    with engine.begin() as c:
+        expired = add_expired_user(c, now, email="someone@example.com")
+
+    completed = jobs_pipeline(
+        "run", "tier-expiration", "--user", "someone@example.com", env=env, cwd=tmp_path
+    )
+
+    assert completed.returncode == 2
+    assert "--user" in completed.stderr
+    assert "discipline-stats-rollup" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
+    # Refused before anything ran.
+    assert user_row(engine, expired)["tier"] == "premium"
+
+
+def test_a_failing_run_exits_non_zero_with_the_reason_and_no_traceback(engine, env, tmp_path):
+    with engine.begin() as c:
+        set_override(c, {"tier": "gold", "expires_at": "2020-01-01T00:00:00Z"})
+    before = table_rows(engine, global_config)
+
+    completed = jobs_pipeline("run", "global-override-check", env=env, cwd=tmp_path)
+
+    assert completed.returncode not in (0, 2), completed.returncode
+    assert "global_tier_override" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "[global-override-check] Result:" not in completed.stdout
+    assert table_rows(engine, global_config) == before
+
+
+def with_password(url: str, password: str) -> str:
+    assert url.startswith("postgresql://postgres@/"), url
+    return url.replace("postgres@", f"postgres:{password}@", 1)
+
+
+def test_the_database_password_is_never_printed(engine, app_db_url, tmp_path):
+    password = "Sup3rSecretPw"
+    env = cli_environment(tmp_path / "state", DATABASE_URL=with_password(app_db_url, password))
+    now = db_now(engine)
+    with engine.begin() as c:
+        expired = add_expired_user(c, now)
+
+    completed = jobs_pipeline("run", "tier-expiration", env=env, cwd=tmp_path)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert result_of_run(completed, "tier-expiration")["processed"] == 1
+    assert user_row(engine, expired)["tier"] == "free"
+    assert password not in completed.stdout
+    assert password not in completed.stderr
+
+
+def test_the_password_is_not_printed_when_the_connection_fails(app_db_url, tmp_path):
+    password = "Sup3rSecretPw"
+    missing = with_password(app_db_url, password).replace("/app_test_", "/no_such_database_", 1)
+    env = cli_environment(tmp_path / "state", DATABASE_URL=missing)
+
+    completed = jobs_pipeline("run", "tier-expiration", env=env, cwd=tmp_path)
+
+    assert completed.returncode == 1
+    assert "no_such_database_" in completed.stderr
+    assert password not in completed.stdout
+    assert password not in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_runs_go_into_the_instance_history_and_list_shows_them(
+    postgres, env, tmp_path, project_root, monkeypatch
+):
+    dagster_db = f"dagster_cli_{uuid.uuid4().hex[:8]}"
+    postgres.ensure_database(dagster_db)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    storage_url = postgres.url(dagster_db, "postgresql+psycopg2")
+    env = {**env, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": storage_url}
+
+    ran = jobs_pipeline("run", "promo-cleanup", env=env, cwd=tmp_path)
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert set(result_of_run(ran, "promo-cleanup")) >= {"codesDeactivated", "redemptionsDeleted"}
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", storage_url)
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="promo_cleanup"))
+        assert len(runs) == 1
+        (run,) = runs
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags.get("jobs_pipeline/triggered_by") == "cli"
+        assert instance.get_runs(filters=dg.RunsFilter(job_name="tier_expiration")) == []
+
+    listed = jobs_pipeline("list", env=env, cwd=tmp_path)
+
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines() if line.strip()}
+    for name, cron in SCHEDULES.items():
+        assert name in rows, listed.stdout
+        assert cron in rows[name]
+    assert "SUCCESS" in rows["promo-cleanup"]
+    assert run.run_id[:8] in rows["promo-cleanup"]
+    assert "SUCCESS" not in rows["tier-expiration"]
+    assert "SUCCESS" not in rows["global-override-check"]
+
+
+def test_demo_data_fills_an_empty_database_once(engine, env, tmp_path):
+    assert user_count(engine) == 0
+
+    first = jobs_pipeline("demo-data", env=env, cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert user_count(engine) == 300
+    snapshot = table_rows(engine, users)
+
+    second = jobs_pipeline("demo-data", env=env, cwd=tmp_path)
+
+    assert second.returncode == 2
+    assert "already has" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert table_rows(engine, users) == snapshot
+
+
+def public_tables(postgres, database: str) -> list[str]:
+    with psycopg.connect(host=str(postgres.pgdata), user="postgres", dbname=database) as c:
+        rows = c.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_demo_data_never_creates_the_apps_tables_in_a_database_it_does_not_own(postgres, tmp_path):
+    database = f"cli_no_tables_{uuid.uuid4().hex[:8]}"
+    postgres.ensure_database(database)
+    env = cli_environment(tmp_path / "state", DATABASE_URL=postgres.url(database))
+
+    completed = jobs_pipeline("demo-data", env=env, cwd=tmp_path)
+
+    assert completed.returncode == 2
+    assert "tables are missing" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert public_tables(postgres, database) == []
+
+
+def test_run_without_database_url_uses_the_embedded_database(tmp_path_factory):
+    # A short folder: the embedded server's unix socket lives inside it.
+    state = tmp_path_factory.mktemp("cli") / "s"
+    env = cli_environment(state)
+
+    completed = jobs_pipeline("run", "tier-expiration", env=env, cwd=state.parent)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert result_of_run(completed, "tier-expiration")["processed"] == 0
+    assert (state / "pgdata" / "PG_VERSION").exists()
+    # The server stops with the last process using it.
+    assert not (state / "pgdata" / "postmaster.pid").exists()
