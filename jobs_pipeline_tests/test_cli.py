@@ -27,6 +27,7 @@ SCHEDULES = {
     "tier-expiration": "15 0 * * *",
     "global-override-check": "0 * * * *",
     "promo-cleanup": "0 2 * * 0",
+    "discipline-stats-rollup": "0 1 * * *",
 }
 
 
@@ -270,3 +271,34 @@ def test_run_without_database_url_uses_the_embedded_database(tmp_path_factory):
     assert (state / "pgdata" / "PG_VERSION").exists()
     # The server stops with the last process using it.
     assert not (state / "pgdata" / "postmaster.pid").exists()
+
+
+def test_the_rollup_runs_every_shard_and_one_user_on_request(env, tmp_path, engine):
+    from jobs_pipeline_tests.journal_data import (
+        as_records,
+        expected_stats,
+        make_journals,
+        stored_stats,
+    )
+
+    user_ids = make_journals(engine, seed=21, user_count=25)
+
+    everyone = jobs_pipeline("run", "discipline-stats-rollup", env=env, cwd=tmp_path)
+    assert everyone.returncode == 0, everyone.stderr[-3000:]
+    assert result_of_run(everyone, "discipline-stats-rollup")["usersUpdated"] == 25
+    assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))
+
+    with engine.connect() as c:
+        email = c.execute(select(users.c.email).where(users.c.id == user_ids[3])).scalar_one()
+    one = jobs_pipeline("run", "discipline_stats_rollup", "--user", email, env=env, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert result_of_run(one, "discipline-stats-rollup")["usersUpdated"] == 1
+
+
+def test_the_rollup_refuses_an_unknown_user(env, tmp_path, engine):
+    unknown = jobs_pipeline(
+        "run", "discipline-stats-rollup", "--user", "ghost@example.com", env=env, cwd=tmp_path
+    )
+    assert unknown.returncode == 2
+    assert "no user with id or email 'ghost@example.com'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
