@@ -8,16 +8,7 @@ import pandas as pd
 from sqlalchemy import Engine, insert
 
 from jobs_pipeline.app_tables import aims, shots, targets, user_discipline_stats, users
-
-STAT_COLUMNS = [
-    "total_shots",
-    "stop_loss_honored_count",
-    "stop_loss_ignored_count",
-    "profit_target_honored_count",
-    "profit_target_ignored_count",
-    "abort_trigger_honored_count",
-    "abort_trigger_ignored_count",
-]
+from jobs_pipeline.jobs.discipline_stats_rollup import STAT_COLUMNS
 
 
 def random_flag(rng: random.Random) -> bool | None:
@@ -102,13 +93,13 @@ def expected_stats(engine: Engine) -> pd.DataFrame:
         .fillna(0)
         .astype(int)
     )
-    return expected[STAT_COLUMNS].sort_index()
+    return expected[list(STAT_COLUMNS)].sort_index()
 
 
 def stored_stats(engine: Engine) -> pd.DataFrame:
     with engine.connect() as c:
         stored = pd.read_sql_table(user_discipline_stats.name, c)
-    return stored.set_index("user_id")[STAT_COLUMNS].astype(int).sort_index()
+    return stored.set_index("user_id")[list(STAT_COLUMNS)].astype(int).sort_index()
 
 
 def as_records(frame: pd.DataFrame) -> dict[Any, dict[str, int]]:

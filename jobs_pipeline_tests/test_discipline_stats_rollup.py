@@ -10,6 +10,7 @@ from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     ALL_SHARDS_TAGS,
     SHARD_COUNT,
+    STAT_COLUMNS,
     Scope,
     shard_of,
     user_shard,
@@ -18,7 +19,6 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
 from jobs_pipeline.launch import failure_message, op_config_for
 from jobs_pipeline_tests.app_data import add_user, db_now
 from jobs_pipeline_tests.journal_data import (
-    STAT_COLUMNS,
     as_records,
     expected_stats,
     make_journals,
