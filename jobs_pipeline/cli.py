@@ -92,6 +92,22 @@ def resolve_job_name(name: str) -> str:
     return candidate
 
 
+class DatabaseUnreachable(Exception):
+    """The app database refused or dropped the connection before the run started."""
+
+
+def check_reachable(engine: Any) -> None:
+    from sqlalchemy import exc
+
+    from jobs_pipeline.database import first_line
+
+    try:
+        with engine.connect():
+            pass
+    except exc.DBAPIError as error:
+        raise DatabaseUnreachable(f"cannot reach the app database: {first_line(error)}") from None
+
+
 def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     import dagster as dg
 
@@ -107,11 +123,20 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     if environment.app_is_embedded:
         # A fresh checkout's embedded database gets the schema, not demo data.
         prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=False)
-    app_engine = create_app_engine(os.environ["DATABASE_URL"])
     try:
+        app_engine = create_app_engine(os.environ["DATABASE_URL"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        # Fail fast on a database that is not there: inside the run, a refused
+        # connection is retried for minutes, as a scheduled run should be.
+        check_reachable(app_engine)
         plan = plan_launch(job_def, dry_run=dry_run, user=user, app_engine=app_engine)
     except LaunchError as error:
         raise UsageError(str(error)) from None
+    except DatabaseUnreachable as error:
+        print(f"[{seed_name(job_name)}] {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         app_engine.dispose()
     instance = (

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
-from sqlalchemy import Connection, Engine, create_engine, func, select
+from sqlalchemy import Connection, Engine, create_engine, exc, func, select
 from sqlalchemy.engine import make_url
 
 APPLICATION_NAME = "jobs_pipeline"
@@ -52,6 +52,31 @@ def create_app_engine(
     )
 
 
+# SQLSTATE classes that mean the connection, not the statement, failed: 08 (connection
+# exception) and the server shutting down or starting up (57P01-57P03).
+CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_connection_loss(error: exc.DBAPIError) -> bool:
+    """A lost or refused connection, as opposed to a statement the server rejected.
+
+    psycopg reports a refused connection, and one the server dropped, with no
+    SQLSTATE; a statement timeout or lock timeout has one (57014, 55P03).
+    """
+    if error.connection_invalidated or isinstance(error, exc.InterfaceError):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate is None:
+        return isinstance(error, exc.OperationalError)
+    return sqlstate.startswith(CONNECTION_SQLSTATES)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class AppDatabase(dg.ConfigurableResource):
     """The web app's PostgreSQL (its tables are the app's; the jobs change rows only)."""
 
@@ -61,6 +86,14 @@ class AppDatabase(dg.ConfigurableResource):
     )
     lock_timeout_ms: int = Field(
         default=2_000, gt=0, description="No statement waits longer than this for a row lock."
+    )
+    retry_delay_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="After a lost or refused connection, the step runs again after this delay.",
+    )
+    max_retries: int = Field(
+        default=3, ge=0, le=20, description="How often a step is retried after connection loss."
     )
 
     _engine: Engine | None = PrivateAttr(default=None)
@@ -82,6 +115,27 @@ class AppDatabase(dg.ConfigurableResource):
         if self._engine is None:
             raise RuntimeError("AppDatabase is used outside a Dagster execution")
         return self._engine
+
+    def retry_request(self) -> dg.RetryRequested:
+        return dg.RetryRequested(
+            max_retries=self.max_retries, seconds_to_wait=self.retry_delay_seconds
+        )
+
+    @contextmanager
+    def retry_on_connection_loss(self) -> Iterator[None]:
+        """Turns a lost or refused connection into a retry of the whole step.
+
+        Only connection loss: the original design's "DB connection failure: retry job
+        in 5 minutes". A timeout, a constraint or bad data fails at once. Every job is
+        safe to run again (each rule is checked in the statement that applies it), so
+        a retry never does anything twice.
+        """
+        try:
+            yield
+        except exc.DBAPIError as error:
+            if is_connection_loss(error):
+                raise self.retry_request() from error
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

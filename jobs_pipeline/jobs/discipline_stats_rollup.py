@@ -354,6 +354,11 @@ def user_discipline_stats_asset(
     context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase
 ) -> Any:
     """Recomputes the statistics of every user in the run's shards in one statement."""
+    with db.retry_on_connection_loss():
+        yield from roll_up(context, config, db)
+
+
+def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase) -> Any:
     report = JobReport(context.op_execution_context, seed_name(JOB_NAME))
     scope = resolve_scope(context, config, db)
     now = db.now()

@@ -150,6 +150,13 @@ def clear_expired_override(
     expired: deleted, `{"action": "cleared", ...}`. A value that is not
     `{"tier": free|premium|pro, "expires_at": ISO-8601}` fails the run and is kept.
     """
+    with db.retry_on_connection_loss():
+        return check_override(context, config, db)
+
+
+def check_override(
+    context: dg.OpExecutionContext, config: DryRunConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
     for _attempt in range(MAX_READS):

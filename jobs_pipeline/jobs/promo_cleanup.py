@@ -138,6 +138,13 @@ def clean_up_promo_codes(
     """Deactivates active promo codes whose `valid_until` has passed (NULL never
     expires), then deletes redemptions older than the retention (365 days by default).
     """
+    with db.retry_on_connection_loss():
+        return clean_up(context, config, db)
+
+
+def clean_up(
+    context: dg.OpExecutionContext, config: PromoCleanupConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
     cutoff = now - timedelta(days=config.redemption_retention_days)

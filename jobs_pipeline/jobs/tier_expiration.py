@@ -16,7 +16,7 @@ from pydantic import Field
 from sqlalchemy import ColumnElement, Connection, Row, and_, exc, func, select, update
 
 from jobs_pipeline.app_tables import users
-from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
 from jobs_pipeline.jobs.batching import locked_batch
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
@@ -92,15 +92,6 @@ def count_expired(connection: Connection, now: datetime) -> int:
     return int(connection.execute(statement).scalar_one())
 
 
-def first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def is_connection_loss(error: exc.DBAPIError) -> bool:
-    return bool(error.connection_invalidated) or isinstance(error, exc.InterfaceError)
-
-
 class Downgrader:
     """Walks the expired users in id order, batch by batch, one transaction per batch.
 
@@ -172,6 +163,17 @@ def downgrade_expired_tiers(
     are skipped and taken by the next run; one user's failure does not stop the
     others, but the run fails when every update failed.
     """
+    with db.retry_on_connection_loss():
+        return expire_tiers(context, config, db)
+
+
+class AllUpdatesFailed(Exception):
+    """Every user update failed: the run is retried, then fails (and so alerts)."""
+
+
+def expire_tiers(
+    context: dg.OpExecutionContext, config: TierExpirationConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
     with db.transaction() as connection:
@@ -204,12 +206,10 @@ def downgrade_expired_tiers(
     }
     if downgrader.failed and not downgrader.processed:
         report.log_result(result)
-        raise dg.Failure(
-            description=(
-                f"[{report.name}] All {downgrader.failed} user updates failed;"
-                f" first error: {downgrader.first_failure}"
-            ),
-            metadata={"failed": downgrader.failed},
+        # The original design: "All updates fail: alert admin, retry job".
+        raise db.retry_request() from AllUpdatesFailed(
+            f"[{report.name}] All {downgrader.failed} user updates failed;"
+            f" first error: {downgrader.first_failure}"
         )
     return report.result(result)
 

@@ -1,0 +1,154 @@
+"""A lost or refused database connection retries the step; nothing is done twice."""
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from jobs_pipeline.app_database_setup import create_app_schema
+from jobs_pipeline.app_tables import users
+from jobs_pipeline.database import AppDatabase, create_app_engine
+from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.jobs.global_override_check import global_override_check_job
+from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
+from jobs_pipeline_tests.running import job_result, log_messages, run_job
+
+# Every downgrade sleeps a little, so the run is still going when the database goes.
+SLOW_DOWNGRADES = """
+CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.03); RETURN NEW; END $$;
+CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
+"""
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A server of this test's own, which it may stop and start."""
+    server = start_embedded_postgres(tmp_path / "pg", cleanup_mode="stop")
+    server.ensure_database("app")
+    yield server
+    server.server.cleanup()
+
+
+def stop(server: EmbeddedPostgres) -> None:
+    server.server.cleanup()
+
+
+def start_again(server: EmbeddedPostgres) -> EmbeddedPostgres:
+    return start_embedded_postgres(server.pgdata, cleanup_mode="stop")
+
+
+def tiers(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        return dict(c.execute(select(users.c.tier, func.count()).group_by(users.c.tier)).all())
+
+
+def downgraded_lines(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [
+        m
+        for m in (r.user_message for r in instance.all_logs(run_id))
+        if m.startswith("[tier-expiration] Downgraded user")
+    ]
+
+
+def retries(instance: dg.DagsterInstance, run_id: str) -> int:
+    return len(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
+
+
+def test_a_database_stopped_mid_run_is_retried_and_nothing_is_done_twice(own_postgres, instance):
+    url = own_postgres.url("app")
+    engine = create_app_engine(url)
+    create_app_schema(engine)
+    now = db_now(engine)
+    with engine.begin() as c:
+        for _ in range(60):
+            add_expired_user(c, now)
+        c.execute(text(SLOW_DOWNGRADES))
+    engine.dispose()
+    db = AppDatabase(url=url, retry_delay_seconds=1.5, max_retries=3)
+    outcome: dict[str, dg.ExecuteInProcessResult] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(run=run_job(tier_expiration_job, db, instance, batch_size=5))
+    )
+
+    runner.start()
+    time.sleep(0.8)
+    stop(own_postgres)
+    restarted = start_again(own_postgres)
+    runner.join(timeout=120)
+
+    execution = outcome["run"]
+    assert execution.success
+    assert retries(instance, execution.run_id) >= 1
+    engine = create_app_engine(restarted.url("app"))
+    try:
+        assert tiers(engine) == {"free": 60}
+    finally:
+        engine.dispose()
+    lines = downgraded_lines(instance, execution.run_id)
+    assert len(lines) == len(set(lines)) == 60
+    assert job_result(execution)["processed"] < 60  # the last attempt did only what was left
+
+
+def test_a_refused_connection_is_retried_until_the_database_is_back(own_postgres, instance):
+    url = own_postgres.url("app")
+    engine = create_app_engine(url)
+    create_app_schema(engine)
+    expires = (db_now(engine).replace(microsecond=0)).isoformat()
+    with engine.begin() as c:
+        set_override(c, {"tier": "pro", "expires_at": expires})
+    engine.dispose()
+    stop(own_postgres)
+    db = AppDatabase(url=url, retry_delay_seconds=1.0, max_retries=5)
+    outcome: dict[str, dg.ExecuteInProcessResult] = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(run=run_job(global_override_check_job, db, instance))
+    )
+
+    runner.start()
+    time.sleep(1.5)
+    start_again(own_postgres)
+    runner.join(timeout=60)
+
+    execution = outcome["run"]
+    assert execution.success
+    assert retries(instance, execution.run_id) >= 1
+    assert job_result(execution)["action"] == "cleared"
+
+
+def test_other_errors_fail_at_once_without_retrying(engine, app_db_url, instance):
+    with engine.begin() as c:
+        set_override(c, {"tier": "gold", "expires_at": "2020-01-01T00:00:00Z"})
+    db = AppDatabase(url=app_db_url, retry_delay_seconds=5, max_retries=3)
+
+    execution = run_job(global_override_check_job, db, instance)
+
+    assert not execution.success
+    assert retries(instance, execution.run_id) == 0
+
+
+def test_every_update_failing_retries_the_run_then_fails_it(engine, app_db_url, instance):
+    now = db_now(engine)
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "CREATE FUNCTION reject() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN RAISE EXCEPTION 'app rule: frozen'; END $$;"
+                " CREATE TRIGGER reject BEFORE UPDATE ON users"
+                " FOR EACH ROW EXECUTE FUNCTION reject();"
+            )
+        )
+        add_expired_user(c, now)
+    db = AppDatabase(url=app_db_url, retry_delay_seconds=0.1, max_retries=2)
+
+    execution = run_job(tier_expiration_job, db, instance)
+
+    assert not execution.success
+    assert retries(instance, execution.run_id) == 2
+    messages = log_messages(instance, execution)
+    assert sum("Failed to downgrade user" in m for m in messages) == 3
