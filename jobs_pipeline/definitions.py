@@ -1,11 +1,15 @@
 """Everything Dagster loads, in one place: assets, jobs, schedules, sensors and resources.
 
-Loading this module opens no connection; configuration comes from the
-environment (`DATABASE_URL`) when a run starts.
+Loading this module opens no connection. Configuration comes from the environment:
+required settings as `EnvVar`s resolved when a run starts (a missing one is an
+error, never an empty string); optional ones (SMTP, alert channels) only when set.
 """
+
+import os
 
 import dagster as dg
 
+from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     discipline_stats_rollup_job,
@@ -20,6 +24,27 @@ from jobs_pipeline.jobs.global_override_check import (
 )
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
+from jobs_pipeline.mail import Mailer
+from jobs_pipeline.monitoring import MONITORING_SENSORS
+
+
+def optional_env(name: str) -> dg.EnvVar | None:
+    """An `EnvVar` for a setting that may be left unset (its value is read at run time)."""
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+mailer = Mailer(
+    host=optional_env("SMTP_HOST"),
+    port=dg.EnvVar.int("SMTP_PORT") if os.environ.get("SMTP_PORT") else 25,
+    username=optional_env("SMTP_USERNAME"),
+    password=optional_env("SMTP_PASSWORD"),
+    sender=optional_env("SMTP_FROM") or "jobs-pipeline@localhost",
+    starttls=env_flag("SMTP_STARTTLS"),
+)
 
 defs = dg.Definitions(
     assets=[user_discipline_stats_asset],
@@ -36,8 +61,17 @@ defs = dg.Definitions(
         promo_cleanup_schedule,
         discipline_stats_rollup_schedule,
     ],
-    sensors=[user_discipline_stats_freshness_sensor],
-    resources={"db": AppDatabase(url=dg.EnvVar("DATABASE_URL"))},
+    sensors=[user_discipline_stats_freshness_sensor, *MONITORING_SENSORS],
+    resources={
+        "db": AppDatabase(url=dg.EnvVar("DATABASE_URL")),
+        "mailer": mailer,
+        "alerts": AlertChannels(
+            mailer=mailer,
+            email_to=optional_env("ALERT_EMAIL_TO"),
+            webhook_url=optional_env("ALERT_WEBHOOK_URL"),
+            webserver_url=optional_env("DAGSTER_WEBSERVER_URL") or "http://127.0.0.1:3000",
+        ),
+    },
     # Each job is one op over SQL: a subprocess per step would only add seconds.
     executor=dg.in_process_executor,
 )

@@ -4,6 +4,7 @@ A job's result is read back from the `result` output metadata its op recorded,
 so whoever launched the run sees exactly what the Dagster UI shows.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,12 +98,17 @@ def result_of(execution: dg.ExecuteInProcessResult) -> dict[str, Any] | None:
 
 
 def failure_message(execution: dg.ExecuteInProcessResult) -> str:
-    """The first line of what made the run fail, without a stack trace.
+    """The first line of what made the run fail, without a stack trace."""
+    return first_failure_line(execution.all_events)
 
-    A step's `Failure` description when there is one, else the innermost error of
-    the first failed step or resource (a bad DATABASE_URL fails the resource).
+
+def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
+    """A step's `Failure` description when there is one, else the innermost error of
+    the first failed step or resource (a bad DATABASE_URL fails the resource), else
+    the run's own failure message (a run stopped for exceeding its maximum runtime).
     """
-    for event in execution.all_events:
+    run_failure = ""
+    for event in events:
         if event.is_step_failure:
             failure = event.step_failure_data
             if failure.user_failure_data is not None and failure.user_failure_data.description:
@@ -110,7 +116,9 @@ def failure_message(execution: dg.ExecuteInProcessResult) -> str:
             return innermost_message(failure.error)
         if event.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE:
             return innermost_message(getattr(event.event_specific_data, "error", None))
-    return "the run failed"
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
+            run_failure = run_failure or event.message.strip().splitlines()[0]
+    return run_failure or "the run failed"
 
 
 def innermost_message(error: Any) -> str:

@@ -18,6 +18,8 @@ from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 
+pytest_plugins = ["jobs_pipeline_tests.receivers"]
+
 TEMPLATE = "app_template"
 _database_numbers = itertools.count()
 

@@ -1,4 +1,6 @@
-"""How jobs are queued and scheduled: priorities, one run at a time, UTC schedules."""
+"""How jobs are queued, watched and scheduled: priorities, one run at a time, time
+limits, UTC schedules.
+"""
 
 from collections.abc import Mapping
 from typing import Literal
@@ -11,12 +13,31 @@ Priority = Literal["high", "medium", "low"]
 PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
 
 
-def job_tags(job_name: str, priority: Priority) -> dict[str, str]:
-    """Tags that the queue reads: priority, and one run at a time per job (`job_lock`)."""
+# A run still going after this long alerts once (the original design's "> 5 minutes").
+ALERT_AFTER_TAG = "jobs_pipeline/alert_after_seconds"
+DEFAULT_ALERT_AFTER_SECONDS = 300
+# Run monitoring (dagster.yaml) stops a run that goes on past this: a stuck run.
+DEFAULT_MAX_RUNTIME_SECONDS = 1800
+
+
+def job_tags(
+    job_name: str,
+    priority: Priority,
+    *,
+    alert_after_seconds: int = DEFAULT_ALERT_AFTER_SECONDS,
+    max_runtime_seconds: int = DEFAULT_MAX_RUNTIME_SECONDS,
+) -> dict[str, str]:
+    """Tags the queue and the monitors read: priority, one run at a time per job
+    (`job_lock`), when a slow run alerts, and when a stuck one is stopped.
+    """
+    if not 0 < alert_after_seconds < max_runtime_seconds:
+        raise ValueError("a job's alert threshold must come before its maximum runtime")
     return {
         "dagster/priority": str(PRIORITY_TAG_VALUES[priority]),
         "priority": priority,
         "job_lock": job_name,
+        ALERT_AFTER_TAG: str(alert_after_seconds),
+        "dagster/max_runtime": str(max_runtime_seconds),
     }
 
 

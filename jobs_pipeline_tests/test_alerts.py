@@ -1,0 +1,258 @@
+"""Alerts from real failed, slow and successful runs, to a real SMTP and HTTP server."""
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+from sqlalchemy import text
+
+from jobs_pipeline.alerting import AlertChannels
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.jobs.global_override_check import global_override_check_job
+from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
+from jobs_pipeline.jobs.scheduling import ALERT_AFTER_TAG
+from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.mail import Mailer
+from jobs_pipeline.monitoring import (
+    alert_redelivery_sensor,
+    failure_rate_sensor,
+    long_running_run_sensor,
+    run_failure_alert_sensor,
+)
+from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
+from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer
+from jobs_pipeline_tests.running import run_job
+
+MALFORMED = {"tier": "gold", "expires_at": "2020-01-01T00:00:00Z"}
+ERROR_LINE = "global_config key 'global_tier_override' is malformed: 'tier' is 'gold'"
+
+
+@pytest.fixture
+def alert_instance() -> Iterator[dg.DagsterInstance]:
+    """An instance of the test's own: the sensors look at every run in it."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def channels(smtp_server: SmtpServer, webhook_server: WebhookServer) -> AlertChannels:
+    return AlertChannels(
+        mailer=Mailer(host=smtp_server.host, port=smtp_server.port, sender="dagster@example.com"),
+        email_to="ops@example.com, oncall@example.com",
+        webhook_url=webhook_server.url,
+        webserver_url="http://dagster.example:3000/",
+    )
+
+
+def failing_run(engine, db: AppDatabase, instance: dg.DagsterInstance, **tags: str):
+    with engine.begin() as c:
+        set_override(c, MALFORMED)
+    execution = global_override_check_job.execute_in_process(
+        resources={"db": db}, instance=instance, raise_on_error=False, tags=tags
+    )
+    assert not execution.success
+    return execution
+
+
+def evaluate_failure_sensor(instance, execution, channels: AlertChannels) -> None:
+    with dg.build_run_status_sensor_context(
+        sensor_name=run_failure_alert_sensor.name,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(execution.run_id),
+        dagster_event=execution.get_run_failure_event(),
+        resources={"alerts": channels},
+    ) as context:
+        run_failure_alert_sensor(context.for_run_failure())
+
+
+def evaluate(sensor, instance, channels: AlertChannels, cursor: str | None = None):
+    with dg.build_sensor_context(
+        instance=instance, resources={"alerts": channels}, cursor=cursor, definitions=defs
+    ) as context:
+        sensor(context)
+    return context
+
+
+def test_a_failed_run_alerts_once_on_every_channel(
+    engine, db, alert_instance, channels, smtp_server, webhook_server
+):
+    execution = failing_run(engine, db, alert_instance)
+
+    evaluate_failure_sensor(alert_instance, execution, channels)
+    evaluate_failure_sensor(alert_instance, execution, channels)  # re-evaluated: no duplicate
+    evaluate(alert_redelivery_sensor, alert_instance, channels)  # nothing left to deliver
+
+    run_id = execution.run_id
+    link = f"http://dagster.example:3000/runs/{run_id}"
+    (ops_mail,) = smtp_server.mailbox.to("ops@example.com")
+    assert len(smtp_server.mailbox.to("oncall@example.com")) == 1
+    assert ops_mail["Subject"] == f"[jobs-pipeline] global-override-check failed (run {run_id[:8]})"
+    assert ops_mail["From"] == "dagster@example.com"
+    body = ops_mail.get_content()
+    for expected in (ERROR_LINE, f"Run {run_id} at ", link):
+        assert expected in body
+    (post,) = webhook_server.posts
+    assert post["text"].startswith(f"global-override-check failed: {ERROR_LINE}")
+    assert (post["job"], post["run_id"], post["link"]) == ("global_override_check", run_id, link)
+    failed_at = datetime.fromisoformat(post["at"].replace("Z", "+00:00"))
+    assert abs(failed_at - datetime.now(UTC)) < timedelta(minutes=5)
+    assert "Traceback" not in post["text"] and "File " not in post["text"]
+
+
+def test_a_channel_that_is_down_gets_the_alert_when_it_is_back(
+    engine, db, alert_instance, channels, smtp_server, webhook_server
+):
+    webhook_server.down = True
+    execution = failing_run(engine, db, alert_instance)
+
+    evaluate_failure_sensor(alert_instance, execution, channels)
+    assert len(smtp_server.mailbox.to("ops@example.com")) == 1
+    assert webhook_server.posts == []
+
+    evaluate(alert_redelivery_sensor, alert_instance, channels)  # still down
+    assert webhook_server.posts == []
+
+    webhook_server.down = False
+    evaluate(alert_redelivery_sensor, alert_instance, channels)
+    evaluate(alert_redelivery_sensor, alert_instance, channels)
+
+    assert len(webhook_server.posts) == 1
+    assert webhook_server.posts[0]["run_id"] == execution.run_id
+    assert len(smtp_server.mailbox.to("ops@example.com")) == 1
+
+
+def test_with_no_channel_configured_the_log_still_has_the_alert(engine, db, alert_instance):
+    silent = AlertChannels(mailer=Mailer())
+    execution = failing_run(engine, db, alert_instance)
+
+    evaluate_failure_sensor(alert_instance, execution, silent)
+
+    run = alert_instance.get_run_by_id(execution.run_id)
+    assert run is not None
+    assert "jobs_pipeline/alerted_failed_log" in run.tags
+    assert not [key for key in run.tags if key.startswith("jobs_pipeline/alerted_failed_e")]
+
+
+def test_a_run_dagster_will_retry_does_not_alert_yet(
+    engine, db, alert_instance, channels, smtp_server, webhook_server
+):
+    execution = failing_run(engine, db, alert_instance, **{"dagster/will_retry": "true"})
+
+    evaluate_failure_sensor(alert_instance, execution, channels)
+
+    assert smtp_server.mailbox.received == [] and webhook_server.posts == []
+
+
+def test_no_secret_reaches_an_alert(
+    engine, app_db_url, alert_instance, channels, smtp_server, webhook_server, monkeypatch
+):
+    secret = "Hunter2-smtp-password"
+    monkeypatch.setenv("SMTP_PASSWORD", secret)
+    with engine.begin() as c:
+        set_override(c, {"tier": secret, "expires_at": "2020-01-01T00:00:00Z"})
+    db = AppDatabase(url=app_db_url)
+    execution = global_override_check_job.execute_in_process(
+        resources={"db": db}, instance=alert_instance, raise_on_error=False
+    )
+
+    evaluate_failure_sensor(alert_instance, execution, channels)
+
+    (mail,) = smtp_server.mailbox.to("ops@example.com")
+    (post,) = webhook_server.posts
+    assert secret not in mail.as_string() and secret not in json.dumps(post)
+    assert "***" in post["text"]
+
+
+SLOW_UPDATES = """
+CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
+"""
+
+
+def test_a_slow_run_alerts_once_while_it_is_still_going(
+    engine, db, alert_instance, channels, smtp_server, webhook_server
+):
+    now = db_now(engine)
+    with engine.begin() as c:
+        for _ in range(8):
+            add_expired_user(c, now)
+        c.execute(text(SLOW_UPDATES))
+    finished: dict[str, dg.ExecuteInProcessResult] = {}
+    runner = threading.Thread(
+        target=lambda: finished.update(
+            run=tier_expiration_job.execute_in_process(
+                run_config={"ops": {"downgrade_expired_tiers": {"config": {"batch_size": 1}}}},
+                resources={"db": db},
+                instance=alert_instance,
+                tags={ALERT_AFTER_TAG: "1"},
+            )
+        )
+    )
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not webhook_server.posts and time.monotonic() < deadline:
+            time.sleep(0.5)
+            evaluate(long_running_run_sensor, alert_instance, channels)
+        evaluate(long_running_run_sensor, alert_instance, channels)
+    finally:
+        runner.join(timeout=60)
+
+    assert finished["run"].success
+    (post,) = webhook_server.posts
+    assert post["kind"] == "still running" and post["run_id"] == finished["run"].run_id
+    assert re.search(
+        r"tier-expiration still running: running for \d+ s, past its 1 s threshold", post["text"]
+    )
+    assert len(smtp_server.mailbox.to("ops@example.com")) == 1
+    evaluate(long_running_run_sensor, alert_instance, channels)  # finished: nothing more
+    assert len(webhook_server.posts) == 1
+
+
+def test_a_fast_run_never_counts_as_slow(engine, db, alert_instance, channels, webhook_server):
+    assert run_job(promo_cleanup_job, db, alert_instance).success
+    evaluate(long_running_run_sensor, alert_instance, channels)
+    assert webhook_server.posts == []
+
+
+def test_a_failure_rate_over_ten_percent_alerts_once_per_job_per_day(
+    engine, db, alert_instance, channels, webhook_server
+):
+    for _ in range(9):
+        assert run_job(promo_cleanup_job, db, alert_instance).success
+    failing_run(engine, db, alert_instance)  # promo: 0 of 9; override: 1 of 1
+    with engine.begin() as c:
+        c.execute(text("DELETE FROM global_config"))
+    for _ in range(2):
+        assert run_job(global_override_check_job, db, alert_instance).success
+
+    first = evaluate(failure_rate_sensor, alert_instance, channels)
+    again = evaluate(failure_rate_sensor, alert_instance, channels, cursor=first.cursor)
+
+    (post,) = webhook_server.posts
+    assert post["job"] == "global_override_check" and post["kind"] == "failure rate"
+    assert "1 of 3 runs failed in the last 24 hours (33%, over 10%)" in post["text"]
+    assert again.cursor == first.cursor
+
+    # A day later the window has closed: a rate still too high alerts again.
+    state = json.loads(first.cursor or "{}")
+    state["global_override_check"]["opened"] -= 25 * 3600
+    evaluate(failure_rate_sensor, alert_instance, channels, cursor=json.dumps(state))
+    assert len(webhook_server.posts) == 2
+
+
+def test_ten_percent_exactly_does_not_alert(engine, db, alert_instance, channels, webhook_server):
+    for _ in range(9):
+        assert run_job(global_override_check_job, db, alert_instance).success
+    failing_run(engine, db, alert_instance)
+
+    evaluate(failure_rate_sensor, alert_instance, channels)
+
+    assert webhook_server.posts == []

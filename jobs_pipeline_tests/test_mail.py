@@ -1,0 +1,58 @@
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from jobs_pipeline.mail import Mailer
+from jobs_pipeline_tests.processes import free_port
+from jobs_pipeline_tests.receivers import Mailbox
+
+
+def message(to: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["To"] = to
+    mail["Subject"] = "Your trial ends in 3 days"
+    mail.set_content("Hello")
+    return mail
+
+
+def test_without_smtp_messages_become_eml_files(tmp_path):
+    mailer = Mailer(outbox_dir=str(tmp_path / "outbox"), sender="jobs@example.com")
+
+    where = mailer.send(message("trader@example.com"))
+
+    (written,) = (tmp_path / "outbox").glob("*.eml")
+    assert where == str(written)
+    parsed = message_from_bytes(written.read_bytes(), policy=policy.default)
+    assert (parsed["To"], parsed["From"]) == ("trader@example.com", "jobs@example.com")
+    assert parsed["Subject"] == "Your trial ends in 3 days"
+
+
+def test_smtp_with_login(tmp_path):
+    mailbox = Mailbox()
+    logins: list[tuple[str, str]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        assert isinstance(auth_data, LoginPassword)
+        logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=auth_data.password == b"s3cret-pass")
+
+    port = free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        Mailer(host="127.0.0.1", port=port, username="jobs", password="s3cret-pass").send(
+            message("trader@example.com")
+        )
+    finally:
+        controller.stop()
+
+    assert logins == [("jobs", "s3cret-pass")]
+    assert len(mailbox.to("trader@example.com")) == 1
