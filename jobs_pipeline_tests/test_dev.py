@@ -43,6 +43,14 @@ SCHEDULES = {
     "tier_expiration": "15 0 * * *",
     "global_override_check": "0 * * * *",
     "promo_cleanup": "0 2 * * 0",
+    "discipline_stats_rollup": "0 1 * * *",
+}
+SENSORS = {
+    "run_failure_alert_sensor",
+    "alert_redelivery_sensor",
+    "long_running_run_sensor",
+    "failure_rate_sensor",
+    "user_discipline_stats_freshness_sensor",
 }
 
 REPOSITORIES = """
@@ -55,6 +63,7 @@ REPOSITORIES = """
         location { name }
         jobs { name }
         schedules { name cronSchedule pipelineName scheduleState { status } }
+        sensors { name sensorState { status } }
       }
     }
   }
@@ -186,6 +195,8 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
         for job_name, cron in SCHEDULES.items():
             assert schedules[job_name]["cronSchedule"] == cron
             assert schedules[job_name]["scheduleState"]["status"] == "RUNNING"
+        sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
+        assert {name: sensors.get(name) for name in SENSORS} == dict.fromkeys(SENSORS, "RUNNING")
 
         pgdata = state / "pgdata"
         with connect(pgdata, "app") as app:
@@ -213,6 +224,12 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
         assert left_running(below) == [], "processes outlived dev"
         # The embedded PostgreSQL stopped with it.
         assert not (pgdata / "postmaster.pid").exists()
+
+    # Run history lives in PostgreSQL: a restarted webserver and daemon still show it.
+    with running_dev(state) as restarted:
+        client = DagsterGraphQLClient("127.0.0.1", port_number=restarted.port)
+        assert client.get_run_status(run_id).value == "SUCCESS"
+        stop(restarted)
 
 
 def test_dev_leaves_an_external_app_database_alone(postgres, tmp_path_factory):
