@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="the jobs, their schedules and the last run of each")
     commands.add_parser("demo-data", help="fill an empty app database with demo data")
+
+    database = commands.add_parser("db", help="the project's own schema `jobs_pipeline`")
+    database_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    database_commands.add_parser("upgrade", help="create or upgrade the schema (Alembic)")
     return parser
 
 
@@ -67,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_list()
         if args.command == "demo-data":
             return command_demo_data()
+        if args.command == "db":
+            return command_db_upgrade()
     except UsageError as error:
         print(f"jobs-pipeline: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -116,6 +122,7 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.jobs.reporting import result_json, seed_name
     from jobs_pipeline.launch import LaunchError, failure_message, plan_launch, result_of
+    from jobs_pipeline.schema_migrations import upgrade
 
     job_name = resolve_job_name(job)
     job_def = defs.resolve_job_def(job_name)
@@ -123,6 +130,7 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
     if environment.app_is_embedded:
         # A fresh checkout's embedded database gets the schema, not demo data.
         prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=False)
+        upgrade(os.environ["DATABASE_URL"])
     try:
         app_engine = create_app_engine(os.environ["DATABASE_URL"])
     except ValueError as error:
@@ -235,6 +243,27 @@ def command_demo_data() -> int:
     return 0
 
 
+# -- db upgrade -------------------------------------------------------------------------
+
+
+def command_db_upgrade() -> int:
+    from sqlalchemy import exc
+
+    from jobs_pipeline.database import first_line
+    from jobs_pipeline.schema_migrations import upgrade
+
+    fill_environment(dagster_storage=False)
+    try:
+        revision = upgrade(os.environ["DATABASE_URL"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except exc.DBAPIError as error:
+        print(f"jobs-pipeline: db upgrade failed: {first_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"jobs_pipeline schema at revision {revision}")
+    return 0
+
+
 # -- dev ---------------------------------------------------------------------------------
 
 
@@ -252,12 +281,15 @@ def prepare_dagster_home() -> Path:
 
 def command_dev(host: str, port: int) -> int:
     from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+    from jobs_pipeline.schema_migrations import upgrade
 
     environment = fill_environment(dagster_storage=True)
     if environment.app_is_embedded:
         made = prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=True)
         if made:
             print(f"jobs-pipeline: demo data: {made} users", file=sys.stderr)
+    # The project's own schema, in the embedded database or the one DATABASE_URL names.
+    upgrade(os.environ["DATABASE_URL"])
     home = prepare_dagster_home()
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "jobs_pipeline.definitions"]

@@ -18,12 +18,14 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     user_discipline_stats_freshness_checks,
     user_discipline_stats_freshness_sensor,
 )
+from jobs_pipeline.jobs.email_delivery import email_delivery_job, email_delivery_schedule
 from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     global_override_check_schedule,
 )
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
+from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.monitoring import MONITORING_SENSORS
 
@@ -54,12 +56,16 @@ defs = dg.Definitions(
         global_override_check_job,
         promo_cleanup_job,
         discipline_stats_rollup_job,
+        trial_reminder_job,
+        email_delivery_job,
     ],
     schedules=[
         tier_expiration_schedule,
         global_override_check_schedule,
         promo_cleanup_schedule,
         discipline_stats_rollup_schedule,
+        trial_reminder_schedule,
+        email_delivery_schedule,
     ],
     sensors=[user_discipline_stats_freshness_sensor, *MONITORING_SENSORS],
     resources={

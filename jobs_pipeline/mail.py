@@ -23,7 +23,7 @@ class Mailer(dg.ConfigurableResource):
     """
 
     host: str | None = Field(default=None, description="SMTP server; unset writes .eml files.")
-    port: int = Field(default=25, gt=0, lt=65536)
+    port: int = Field(default=25, description="SMTP port (SMTP_PORT).")
     username: str | None = Field(default=None, description="Log in when set.")
     password: str | None = Field(default=None, description="From SMTP_PASSWORD only.")
     sender: str = Field(default="jobs-pipeline@localhost", description="The From address.")

@@ -5,6 +5,8 @@ so tests are isolated and cost one `CREATE DATABASE ... TEMPLATE` each.
 """
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from sqlalchemy import Engine
 from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.schema_migrations import upgrade
 
 pytest_plugins = ["jobs_pipeline_tests.receivers"]
 
@@ -31,15 +34,20 @@ def admin_connection(postgres: EmbeddedPostgres) -> psycopg.Connection:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    # A short path: the server's unix socket lives in this folder (108-byte limit).
-    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    # A folder of its own, not pytest's numbered temp folders: pytest deletes all but
+    # the newest three of those, which removes a running server's data under it when
+    # several sessions run at once. A short path, too: the unix socket lives in it.
+    folder = Path(tempfile.mkdtemp(prefix="jp-pg-"))
+    server = start_embedded_postgres(folder / "data", cleanup_mode="delete")
     server.ensure_database(TEMPLATE)
     engine = create_app_engine(server.url(TEMPLATE))
     create_app_schema(engine)
     engine.dispose()
+    upgrade(server.url(TEMPLATE))
     yield server
     server.server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

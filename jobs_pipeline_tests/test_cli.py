@@ -28,6 +28,8 @@ SCHEDULES = {
     "global-override-check": "0 * * * *",
     "promo-cleanup": "0 2 * * 0",
     "discipline-stats-rollup": "0 1 * * *",
+    "trial-reminder": "0 9 * * *",
+    "email-delivery": "*/5 * * * *",
 }
 
 

@@ -24,6 +24,8 @@ INVENTORY = {
     "global_override_check": ("0 * * * *", "medium"),
     "promo_cleanup": ("0 2 * * 0", "low"),
     "discipline_stats_rollup": ("0 1 * * *", "medium"),
+    "trial_reminder": ("0 9 * * *", "low"),
+    "email_delivery": ("*/5 * * * *", "low"),
 }
 
 

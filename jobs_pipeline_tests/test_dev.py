@@ -19,6 +19,8 @@ SCHEDULES = {
     "global_override_check": "0 * * * *",
     "promo_cleanup": "0 2 * * 0",
     "discipline_stats_rollup": "0 1 * * *",
+    "trial_reminder": "0 9 * * *",
+    "email_delivery": "*/5 * * * *",
 }
 SENSORS = {
     "run_failure_alert_sensor",

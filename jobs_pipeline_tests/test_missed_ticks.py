@@ -32,22 +32,26 @@ UTC = dt.UTC
 logger = logging.getLogger(__name__)
 _database_numbers = itertools.count()
 
-# The schedules are turned on (the daemon's first iteration) on Monday 2026-03-09 23:55.
-TURNED_ON = dt.datetime(2026, 3, 9, 23, 55, tzinfo=UTC)
-# The daemon's next iteration: global_override_check (hourly) is due for 00:00 and
-# tier_expiration (daily 00:15) for 00:15.
-FIRST_TICKS = dt.datetime(2026, 3, 10, 0, 20, tzinfo=UTC)
+# The schedules are turned on (the daemon's first iteration) on Monday 2026-03-09 23:57.
+TURNED_ON = dt.datetime(2026, 3, 9, 23, 57, tzinfo=UTC)
+# The daemon's next iteration: global_override_check (hourly) is due for 00:00,
+# tier_expiration (daily 00:15) for 00:15, email_delivery (every 5 minutes) for the
+# latest of 00:00..00:15.
+FIRST_TICKS = dt.datetime(2026, 3, 10, 0, 18, tzinfo=UTC)
 FIRST_SCHEDULED = {
     "global_override_check": "2026-03-10T00:00:00+00:00",
     "tier_expiration": "2026-03-10T00:15:00+00:00",
+    "email_delivery": "2026-03-10T00:15:00+00:00",
 }
-# Then the daemon is down until Sunday 2026-03-15 02:30. Missed: (ticks, the latest).
-BACK_UP = dt.datetime(2026, 3, 15, 2, 30, tzinfo=UTC)
+# Then the daemon is down until Sunday 2026-03-15 02:28. Missed: (ticks, the latest).
+BACK_UP = dt.datetime(2026, 3, 15, 2, 28, tzinfo=UTC)
 MISSED = {
     "global_override_check": (122, "2026-03-15T02:00:00+00:00"),
     "tier_expiration": (5, "2026-03-15T00:15:00+00:00"),
     "discipline_stats_rollup": (6, "2026-03-15T01:00:00+00:00"),
     "promo_cleanup": (1, "2026-03-15T02:00:00+00:00"),
+    "trial_reminder": (5, "2026-03-14T09:00:00+00:00"),
+    "email_delivery": (1466, "2026-03-15T02:25:00+00:00"),
 }
 
 

@@ -15,6 +15,7 @@ from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.schema_migrations import upgrade
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
@@ -31,6 +32,10 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     """A server of this test's own, which it may stop and start."""
     server = start_embedded_postgres(tmp_path / "pg", cleanup_mode="stop")
     server.ensure_database("app")
+    engine = create_app_engine(server.url("app"))
+    create_app_schema(engine)
+    engine.dispose()
+    upgrade(server.url("app"))
     yield server
     server.server.cleanup()
 
@@ -56,6 +61,18 @@ def downgraded_lines(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     ]
 
 
+def wait_until_some_are_downgraded(url: str, deadline_s: float = 60) -> None:
+    """The run is under way: its first batches are committed, most are still to come."""
+    engine = create_app_engine(url)
+    try:
+        give_up = time.monotonic() + deadline_s
+        while tiers(engine).get("free", 0) < 5:
+            assert time.monotonic() < give_up, "the run downgraded no one"
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+
+
 def retries(instance: dg.DagsterInstance, run_id: str) -> int:
     return len(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
 
@@ -63,7 +80,6 @@ def retries(instance: dg.DagsterInstance, run_id: str) -> int:
 def test_a_database_stopped_mid_run_is_retried_and_nothing_is_done_twice(own_postgres, instance):
     url = own_postgres.url("app")
     engine = create_app_engine(url)
-    create_app_schema(engine)
     now = db_now(engine)
     with engine.begin() as c:
         for _ in range(60):
@@ -77,7 +93,7 @@ def test_a_database_stopped_mid_run_is_retried_and_nothing_is_done_twice(own_pos
     )
 
     runner.start()
-    time.sleep(0.8)
+    wait_until_some_are_downgraded(url)
     stop(own_postgres)
     restarted = start_again(own_postgres)
     runner.join(timeout=120)
@@ -98,7 +114,6 @@ def test_a_database_stopped_mid_run_is_retried_and_nothing_is_done_twice(own_pos
 def test_a_refused_connection_is_retried_until_the_database_is_back(own_postgres, instance):
     url = own_postgres.url("app")
     engine = create_app_engine(url)
-    create_app_schema(engine)
     expires = (db_now(engine).replace(microsecond=0)).isoformat()
     with engine.begin() as c:
         set_override(c, {"tier": "pro", "expires_at": expires})

@@ -10,10 +10,12 @@ batches (one short transaction each), and rows the app holds locked are skipped
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import ColumnElement, Connection, Row, and_, exc, func, select, update
+from sqlalchemy import CTE, ColumnElement, Connection, Row, and_, exc, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
@@ -27,6 +29,8 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.project_tables import email_outbox
+from jobs_pipeline.schema_migrations import require_current_schema
 
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
@@ -60,21 +64,50 @@ def downgrade(
     Returns (id, tier before) of each, sorted by id. Locking the rows and
     re-checking the rule in one statement means a renewal committed at any moment
     either came first (the row no longer matches) or waits for this short
-    transaction; a row the app holds locked is skipped, not waited for.
+    transaction; a row the app holds locked is skipped, not waited for. The same
+    statement queues each user's `tier-expired` email, so there is never a
+    downgrade without its email, nor an email without its downgrade.
     """
     condition = has_expired_paid_tier(now)
     if after_id is not None:
         condition = and_(condition, users.c.id > after_id)
     if only_id is not None:
         condition = and_(condition, users.c.id == only_id)
-    locked = locked_batch([users.c.id, users.c.tier], condition, order_by=users.c.id, limit=limit)
-    statement = (
+    locked = locked_batch(
+        [users.c.id, users.c.tier, users.c.tier_expires_at],
+        condition,
+        order_by=users.c.id,
+        limit=limit,
+    )
+    downgraded = (
         update(users)
         .where(users.c.id == locked.c.id, has_expired_paid_tier(now))
         .values(tier="free", tier_source="default", tier_expires_at=None, updated_at=now)
-        .returning(users.c.id, locked.c.tier)
+        .returning(users.c.id, users.c.email, locked.c.tier, locked.c.tier_expires_at)
+        .cte("downgraded")
     )
+    queued = queue_tier_expired_emails(downgraded).cte("queued")
+    statement = select(downgraded.c.id, downgraded.c.tier).add_cte(queued)
     return sorted(connection.execute(statement).all(), key=lambda row: row[0])
+
+
+def queue_tier_expired_emails(downgraded: CTE) -> Any:
+    """One `tier-expired` email per downgrade; its key (user, expiry) makes it once only."""
+    expired_at = func.to_char(
+        func.timezone("UTC", downgraded.c.tier_expires_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+    )
+    emails = select(
+        downgraded.c.email,
+        downgraded.c.id,
+        literal("tier-expired"),
+        func.concat("tier-expired:", downgraded.c.id, ":", expired_at),
+        func.jsonb_build_object("previous_tier", downgraded.c.tier, "expired_at", expired_at),
+    )
+    return (
+        pg_insert(email_outbox)
+        .from_select(["recipient", "user_id", "template", "dedupe_key", "payload"], emails)
+        .on_conflict_do_nothing(index_elements=[email_outbox.c.dedupe_key])
+    )
 
 
 def expired_users(
@@ -177,6 +210,8 @@ def expire_tiers(
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
     with db.transaction() as connection:
+        if not config.dry_run:
+            require_current_schema(connection)  # the downgrade queues an email there
         found = count_expired(connection, now)
     report.info(f"Found {found} users with expired tiers")
 

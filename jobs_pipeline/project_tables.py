@@ -1,0 +1,59 @@
+"""The project's own tables, in its own PostgreSQL schema `jobs_pipeline`.
+
+The app's tables are never altered; what the jobs keep for themselves lives here,
+created and changed only by the migrations in `jobs_pipeline/migrations`
+(`jobs-pipeline db upgrade`).
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from jobs_pipeline.app_tables import Timestamptz
+
+PROJECT_SCHEMA = "jobs_pipeline"
+
+project_metadata = MetaData(schema=PROJECT_SCHEMA)
+
+OUTBOX_STATUSES = ("pending", "sending", "sent", "failed", "unconfirmed")
+
+# One row per email. `dedupe_key` makes queueing idempotent: a message for the same
+# user, template and occasion is queued once, however often the job runs.
+email_outbox = Table(
+    "email_outbox",
+    project_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("recipient", Text, nullable=False),
+    Column("user_id", Uuid),  # no foreign key: the app must stay free to delete users
+    Column("template", Text, nullable=False),
+    Column("dedupe_key", Text, nullable=False, unique=True),
+    Column("payload", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("created_at", Timestamptz, nullable=False, server_default=func.now()),
+    Column("next_attempt_at", Timestamptz, nullable=False, server_default=func.now()),
+    Column("claimed_at", Timestamptz),
+    Column("sent_at", Timestamptz),
+    CheckConstraint(
+        "status IN ('pending', 'sending', 'sent', 'failed', 'unconfirmed')",
+        name="email_outbox_status_known",
+    ),
+    Index(
+        "email_outbox_due_idx",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
