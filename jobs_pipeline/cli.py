@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     database = commands.add_parser("db", help="the project's own schema `jobs_pipeline`")
     database_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     database_commands.add_parser("upgrade", help="create or upgrade the schema (Alembic)")
+
+    token = commands.add_parser("token", help="admin-API tokens")
+    token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", help="issue a token for an existing app user")
+    create.add_argument("--email", required=True, help="the app user's email")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("--id", type=int, required=True, dest="token_id", help="the token's id")
+
+    api = commands.add_parser("admin-api", help="serve the admin HTTP API")
+    api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8088, help="port (default 8088)")
     return parser
 
 
@@ -73,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_demo_data()
         if args.command == "db":
             return command_db_upgrade()
+        if args.command == "token" and args.action == "create":
+            return command_token_create(args.email)
+        if args.command == "token":
+            return command_token_revoke(args.token_id)
+        if args.command == "admin-api":
+            return command_admin_api(args.host, args.port)
     except UsageError as error:
         print(f"jobs-pipeline: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,13 +132,11 @@ def check_reachable(engine: Any) -> None:
 
 
 def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
-    import dagster as dg
-
     from jobs_pipeline.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.jobs.reporting import result_json, seed_name
-    from jobs_pipeline.launch import LaunchError, failure_message, plan_launch, result_of
+    from jobs_pipeline.launch import LaunchError, plan_launch, run_now
     from jobs_pipeline.schema_migrations import upgrade
 
     job_name = resolve_job_name(job)
@@ -147,27 +162,12 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
         return EXIT_FAILED
     finally:
         app_engine.dispose()
-    instance = (
-        dg.DagsterInstance.get()
-        if os.environ.get("DAGSTER_HOME")
-        else dg.DagsterInstance.ephemeral()
-    )
-    with instance:
-        execution = job_def.execute_in_process(
-            run_config=plan.run_config,
-            instance=instance,
-            raise_on_error=False,
-            partition_key=plan.partition_key,
-            tags={**plan.tags, "jobs_pipeline/triggered_by": "cli"},
-        )
+    outcome = run_now(job_def, plan, triggered_by="cli")
     name = seed_name(job_name)
-    if not execution.success:
-        print(
-            f"[{name}] Failed (run {execution.run_id}): {failure_message(execution)}",
-            file=sys.stderr,
-        )
+    if not outcome.success:
+        print(f"[{name}] Failed (run {outcome.run_id}): {outcome.error}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"[{name}] Result: {result_json(result_of(execution) or {})}")
+    print(f"[{name}] Result: {result_json(outcome.result or {})}")
     return 0
 
 
@@ -261,6 +261,77 @@ def command_db_upgrade() -> int:
         print(f"jobs-pipeline: db upgrade failed: {first_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     print(f"jobs_pipeline schema at revision {revision}")
+    return 0
+
+
+# -- tokens and the admin API -------------------------------------------------------------
+
+
+def project_engine() -> Any:
+    """The app database, its project schema current (upgraded when it is the embedded one)."""
+    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+    from jobs_pipeline.database import create_app_engine
+    from jobs_pipeline.schema_migrations import require_current_schema, upgrade
+
+    environment = fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
+    url = os.environ["DATABASE_URL"]
+    if environment.app_is_embedded:
+        prepare_embedded_app_database(url, demo_data_when_empty=False)
+        upgrade(url)
+    try:
+        engine = create_app_engine(url)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with engine.connect() as connection:
+        try:
+            require_current_schema(connection)
+        except Exception as outdated:
+            engine.dispose()
+            raise UsageError(str(outdated)) from None
+    return engine
+
+
+def command_token_create(email: str) -> int:
+    from jobs_pipeline.api_tokens import UnknownUser, issue_token
+
+    engine = project_engine()
+    try:
+        with engine.begin() as connection:
+            token_id, token = issue_token(connection, email)
+    except UnknownUser as missing:
+        raise UsageError(str(missing)) from None
+    finally:
+        engine.dispose()
+    print(f"token {token_id} for {email.strip()}; it is shown only now:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def command_token_revoke(token_id: int) -> int:
+    from jobs_pipeline.api_tokens import revoke_token
+
+    engine = project_engine()
+    try:
+        with engine.begin() as connection:
+            revoked = revoke_token(connection, token_id)
+    finally:
+        engine.dispose()
+    if not revoked:
+        raise UsageError(f"no live token with id {token_id}")
+    print(f"token {token_id} revoked")
+    return 0
+
+
+def command_admin_api(host: str, port: int) -> int:
+    import uvicorn
+
+    from jobs_pipeline.admin_api import create_app
+
+    engine = project_engine()
+    try:
+        uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+    finally:
+        engine.dispose()
     return 0
 
 

@@ -4,6 +4,7 @@ A job's result is read back from the `result` output metadata its op recorded,
 so whoever launched the run sees exactly what the Dagster UI shows.
 """
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,3 +128,39 @@ def innermost_message(error: Any) -> str:
     if error is None or not error.message.strip():
         return "the run failed"
     return str(error.message).strip().splitlines()[0]
+
+
+TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    success: bool
+    result: dict[str, Any] | None
+    error: str | None
+
+
+def run_now(job: dg.JobDefinition, plan: LaunchPlan, *, triggered_by: str) -> RunOutcome:
+    """Runs the job in this process, in the run history of `$DAGSTER_HOME`'s instance
+    (a temporary one when it is unset), tagged with who triggered it.
+    """
+    instance = (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else dg.DagsterInstance.ephemeral()
+    )
+    with instance:
+        execution = job.execute_in_process(
+            run_config=plan.run_config,
+            instance=instance,
+            raise_on_error=False,
+            partition_key=plan.partition_key,
+            tags={**plan.tags, TRIGGERED_BY_TAG: triggered_by},
+        )
+    return RunOutcome(
+        run_id=execution.run_id,
+        success=execution.success,
+        result=result_of(execution) if execution.success else None,
+        error=None if execution.success else failure_message(execution),
+    )

@@ -57,3 +57,16 @@ email_outbox = Table(
         postgresql_where=text("status = 'pending'"),
     ),
 )
+
+# Admin-API tokens: only a token's SHA-256 is kept. The user's role is the app's
+# word, read from `users.role` at every request, never copied here.
+api_tokens = Table(
+    "api_tokens",
+    project_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("user_id", Uuid, nullable=False),
+    Column("token_sha256", Text, nullable=False, unique=True),
+    Column("created_at", Timestamptz, nullable=False, server_default=func.now()),
+    Column("revoked_at", Timestamptz),
+    Column("last_used_at", Timestamptz),
+)
