@@ -70,3 +70,23 @@ api_tokens = Table(
     Column("revoked_at", Timestamptz),
     Column("last_used_at", Timestamptz),
 )
+
+# Every row a job changed or deleted: its values before and after (NULL after for a
+# delete, which keeps the whole row), and the rule that applied. Written by the
+# statement that makes the change, so neither exists without the other.
+change_ledger = Table(
+    "change_ledger",
+    project_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("job", Text, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("row_key", Text, nullable=False),
+    Column("before", JSONB),
+    Column("after", JSONB),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", Timestamptz, nullable=False, server_default=func.now()),
+    Index("change_ledger_run_idx", "run_id"),
+    Index("change_ledger_row_idx", "table_name", "row_key"),
+    Index("change_ledger_time_idx", "changed_at"),
+)

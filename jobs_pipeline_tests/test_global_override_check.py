@@ -13,8 +13,11 @@ from jobs_pipeline.jobs.global_override_check import (
     read_override,
 )
 from jobs_pipeline.launch import failure_message
+from jobs_pipeline.ledger import RunIdentity
 from jobs_pipeline_tests.app_data import db_now, set_override, table_rows
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
+
+A_RUN = RunIdentity(run_id="a-run", job="global_override_check")
 
 
 def iso_z(moment) -> str:
@@ -118,14 +121,14 @@ def test_the_delete_removes_only_the_value_that_was_read(engine):
         )
 
     with engine.begin() as c:
-        deleted = delete_if_unchanged(c, value_read)
+        deleted = delete_if_unchanged(c, value_read, A_RUN, "test")
 
     assert deleted is False
     with engine.connect() as c:
         kept = c.execute(select(global_config.c.value)).scalar_one()
     assert kept == newer
     with engine.begin() as c:
-        assert delete_if_unchanged(c, newer) is True
+        assert delete_if_unchanged(c, newer, A_RUN, "test") is True
 
 
 MALFORMED = [

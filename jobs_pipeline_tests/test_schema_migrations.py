@@ -59,7 +59,7 @@ def test_db_upgrade_creates_the_schema_once_and_leaves_the_app_tables_alone(post
         assert inspector.get_table_names(schema="public") == []
         assert set(inspector.get_table_names(schema=PROJECT_SCHEMA)) == {
             "alembic_version",
-            "email_outbox",
+            *(table.name for table in project_metadata.sorted_tables),
         }
     finally:
         engine.dispose()

@@ -12,17 +12,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, func, literal, select
 
+from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import TIERS, global_config
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.reporting import (
     DryRunConfig,
     JobReport,
     JobResult,
+    iso_utc,
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.ledger import RunIdentity
 
 JOB_NAME = "global_override_check"
 OP_NAME = "clear_expired_override"
@@ -89,18 +92,33 @@ def read_override(connection: Connection) -> tuple[bool, Any]:
     return (False, None) if row is None else (True, row[0])
 
 
-def delete_if_unchanged(connection: Connection, value_read: Any) -> bool:
-    """Deletes the override only if it still holds `value_read` (jsonb equality)."""
-    deleted = connection.execute(
+def delete_if_unchanged(
+    connection: Connection, value_read: Any, run: RunIdentity, reason: str
+) -> bool:
+    """Deletes the override only if it still holds `value_read` (jsonb equality); the
+    ledger keeps the whole row, written by the same statement.
+    """
+    deleted = (
         delete(global_config)
         .where(global_config.c.key == OVERRIDE_KEY, global_config.c.value == value_read)
-        .returning(global_config.c.key)
-    ).first()
-    return deleted is not None
+        .returning(*global_config.c)
+        .cte("deleted")
+    )
+    d = deleted.c
+    recorded = ledger.record(
+        deleted,
+        run,
+        table="global_config",
+        key=d.key,
+        before=func.jsonb_build_object("key", d.key, "value", d.value, "updated_at", d.updated_at),
+        after=None,
+        reason=literal(reason),
+    ).cte("recorded")
+    return connection.execute(select(d.key).add_cte(recorded)).first() is not None
 
 
 def check_once(
-    db: AppDatabase, report: JobReport, now: datetime, *, dry_run: bool
+    db: AppDatabase, report: JobReport, now: datetime, run: RunIdentity, *, dry_run: bool
 ) -> JobResult | None:
     """One read-decide-act pass; None when the value changed under us and must be re-read."""
     with db.transaction() as connection:
@@ -129,7 +147,8 @@ def check_once(
             "expiredAt": override.expires_at_text,
         }
     with db.transaction() as connection:
-        if not delete_if_unchanged(connection, value):
+        reason = f"expires_at {override.expires_at_text} < run time {iso_utc(now)}"
+        if not delete_if_unchanged(connection, value, run, reason):
             report.warning("The override changed after it was read; reading it again")
             return None
     report.info(f"Cleared expired override (was: {override.tier})")
@@ -159,8 +178,9 @@ def check_override(
 ) -> dg.Output[JobResult]:
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
+    run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     for _attempt in range(MAX_READS):
-        result = check_once(db, report, now, dry_run=config.dry_run)
+        result = check_once(db, report, now, run, dry_run=config.dry_run)
         if result is not None:
             return report.result(result)
     raise dg.Failure(

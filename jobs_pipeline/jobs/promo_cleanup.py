@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 
+from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.batching import locked_batch, run_batches
@@ -35,6 +36,7 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.ledger import RunIdentity
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
@@ -65,37 +67,82 @@ def is_old_redemption(cutoff: datetime) -> ColumnElement[bool]:
 
 
 def deactivate_codes(
-    connection: Connection, now: datetime, *, limit: int
+    connection: Connection, now: datetime, run: RunIdentity, *, limit: int
 ) -> Sequence[Row[uuid.UUID, str]]:
-    """Deactivates up to `limit` unlocked expired codes, re-checking the rule as it writes."""
+    """Deactivates up to `limit` unlocked expired codes, re-checking the rule as it
+    writes, and records each in the ledger in the same statement.
+    """
     locked = locked_batch(
         [promo_codes.c.id], is_expired_active_code(now), order_by=promo_codes.c.id, limit=limit
     )
-    statement = (
+    deactivated = (
         update(promo_codes)
         .where(promo_codes.c.id == locked.c.id, is_expired_active_code(now))
         .values(is_active=False)
-        .returning(promo_codes.c.id, promo_codes.c.code)
+        .returning(promo_codes.c.id, promo_codes.c.code, promo_codes.c.valid_until)
+        .cte("deactivated")
     )
+    recorded = ledger.record(
+        deactivated,
+        run,
+        table="promo_codes",
+        key=deactivated.c.id,
+        before=func.jsonb_build_object("is_active", True),
+        after=func.jsonb_build_object("is_active", False),
+        reason=func.concat(
+            "valid_until ",
+            ledger.utc_text(deactivated.c.valid_until),
+            " < run time ",
+            ledger.utc_text(now),
+        ),
+    ).cte("recorded")
+    statement = select(deactivated.c.id, deactivated.c.code).add_cte(recorded)
     return connection.execute(statement).all()
 
 
 def delete_redemptions(
-    connection: Connection, cutoff: datetime, *, limit: int
+    connection: Connection, cutoff: datetime, run: RunIdentity, *, limit: int
 ) -> Sequence[Row[uuid.UUID]]:
-    """Deletes up to `limit` unlocked redemptions older than `cutoff`, oldest first."""
+    """Deletes up to `limit` unlocked redemptions older than `cutoff`, oldest first; the
+    ledger keeps each whole row, so a deletion can be undone within the undo window.
+    """
     locked = locked_batch(
         [promo_redemptions.c.id],
         is_old_redemption(cutoff),
         order_by=promo_redemptions.c.redeemed_at,
         limit=limit,
     )
-    statement = (
+    deleted = (
         delete(promo_redemptions)
         .where(promo_redemptions.c.id == locked.c.id, is_old_redemption(cutoff))
-        .returning(promo_redemptions.c.id)
+        .returning(*promo_redemptions.c)
+        .cte("deleted")
     )
-    return connection.execute(statement).all()
+    d = deleted.c
+    recorded = ledger.record(
+        deleted,
+        run,
+        table="promo_redemptions",
+        key=d.id,
+        before=func.jsonb_build_object(
+            "id",
+            d.id,
+            "promo_code_id",
+            d.promo_code_id,
+            "user_id",
+            d.user_id,
+            "redeemed_at",
+            d.redeemed_at,
+        ),
+        after=None,
+        reason=func.concat(
+            "redeemed_at ",
+            ledger.utc_text(d.redeemed_at),
+            " older than the retention cutoff ",
+            ledger.utc_text(cutoff),
+        ),
+    ).cte("recorded")
+    return connection.execute(select(d.id).add_cte(recorded)).all()
 
 
 def preview_codes(connection: Connection, now: datetime) -> Sequence[Row[uuid.UUID, str]]:
@@ -151,9 +198,10 @@ def clean_up(
     if config.dry_run:
         return report.result(dry_run(db, report, now, cutoff))
 
+    run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     deactivated = 0
     for rows in run_batches(
-        db, lambda c: deactivate_codes(c, now, limit=config.batch_size), config.batch_size
+        db, lambda c: deactivate_codes(c, now, run, limit=config.batch_size), config.batch_size
     ):
         for code_id, code in rows:
             report.row(f"Deactivated code {code} ({code_id})")
@@ -161,12 +209,10 @@ def clean_up(
     report.end_rows("codes deactivated")
     report.info(f"Deactivated {deactivated} expired codes")
 
-    deleted = sum(
-        len(batch)
-        for batch in run_batches(
-            db, lambda c: delete_redemptions(c, cutoff, limit=config.batch_size), config.batch_size
-        )
-    )
+    def delete_batch(connection: Connection) -> Sequence[Row[uuid.UUID]]:
+        return delete_redemptions(connection, cutoff, run, limit=config.batch_size)
+
+    deleted = sum(len(batch) for batch in run_batches(db, delete_batch, config.batch_size))
     report.info(f"Deleted {deleted} old redemption records")
     return report.result(
         {"codesDeactivated": deactivated, "redemptionsDeleted": deleted, "timestamp": iso_utc(now)}

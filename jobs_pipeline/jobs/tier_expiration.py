@@ -14,10 +14,23 @@ from typing import Any
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy import CTE, ColumnElement, Connection, Row, and_, exc, func, literal, select, update
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    cast,
+    exc,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs_pipeline.app_tables import users
+from jobs_pipeline import ledger
+from jobs_pipeline.app_tables import Timestamptz, users
 from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
 from jobs_pipeline.jobs.batching import locked_batch
 from jobs_pipeline.jobs.reporting import (
@@ -29,6 +42,7 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.ledger import RunIdentity
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline.schema_migrations import require_current_schema
 
@@ -54,6 +68,7 @@ def has_expired_paid_tier(now: datetime) -> ColumnElement[bool]:
 def downgrade(
     connection: Connection,
     now: datetime,
+    run: RunIdentity,
     *,
     limit: int,
     after_id: uuid.UUID | None = None,
@@ -74,7 +89,13 @@ def downgrade(
     if only_id is not None:
         condition = and_(condition, users.c.id == only_id)
     locked = locked_batch(
-        [users.c.id, users.c.tier, users.c.tier_expires_at],
+        [
+            users.c.id,
+            users.c.tier,
+            users.c.tier_source,
+            users.c.tier_expires_at,
+            users.c.updated_at,
+        ],
         condition,
         order_by=users.c.id,
         limit=limit,
@@ -83,12 +104,57 @@ def downgrade(
         update(users)
         .where(users.c.id == locked.c.id, has_expired_paid_tier(now))
         .values(tier="free", tier_source="default", tier_expires_at=None, updated_at=now)
-        .returning(users.c.id, users.c.email, locked.c.tier, locked.c.tier_expires_at)
+        .returning(
+            users.c.id,
+            users.c.email,
+            locked.c.tier,
+            locked.c.tier_source,
+            locked.c.tier_expires_at,
+            locked.c.updated_at,
+        )
         .cte("downgraded")
     )
     queued = queue_tier_expired_emails(downgraded).cte("queued")
-    statement = select(downgraded.c.id, downgraded.c.tier).add_cte(queued)
+    recorded = record_downgrades(downgraded, run, now).cte("recorded")
+    statement = select(downgraded.c.id, downgraded.c.tier).add_cte(queued, recorded)
     return sorted(connection.execute(statement).all(), key=lambda row: row[0])
+
+
+def record_downgrades(downgraded: CTE, run: RunIdentity, now: datetime) -> Any:
+    """The ledger's rows for a batch of downgrades: the four columns, before and after."""
+    d = downgraded.c
+    return ledger.record(
+        downgraded,
+        run,
+        table="users",
+        key=d.id,
+        before=func.jsonb_build_object(
+            "tier",
+            d.tier,
+            "tier_source",
+            d.tier_source,
+            "tier_expires_at",
+            d.tier_expires_at,
+            "updated_at",
+            d.updated_at,
+        ),
+        after=func.jsonb_build_object(
+            "tier",
+            "free",
+            "tier_source",
+            "default",
+            "tier_expires_at",
+            None,
+            "updated_at",
+            cast(literal(now), Timestamptz),
+        ),
+        reason=func.concat(
+            "tier_expires_at ",
+            ledger.utc_text(d.tier_expires_at),
+            " < run time ",
+            ledger.utc_text(now),
+        ),
+    )
 
 
 def queue_tier_expired_emails(downgraded: CTE) -> Any:
@@ -134,8 +200,16 @@ class Downgrader:
     The per-user path runs only for a failed batch, never in the common case.
     """
 
-    def __init__(self, db: AppDatabase, report: JobReport, now: datetime, batch_size: int):
+    def __init__(
+        self,
+        db: AppDatabase,
+        report: JobReport,
+        now: datetime,
+        batch_size: int,
+        run: RunIdentity,
+    ):
         self.db, self.report, self.now, self.batch_size = db, report, now, batch_size
+        self.identity = run
         self.processed = 0
         self.failed = 0
         self.first_failure = ""
@@ -145,7 +219,13 @@ class Downgrader:
         while True:
             try:
                 with self.db.transaction() as connection:
-                    rows = downgrade(connection, self.now, limit=self.batch_size, after_id=after_id)
+                    rows = downgrade(
+                        connection,
+                        self.now,
+                        self.identity,
+                        limit=self.batch_size,
+                        after_id=after_id,
+                    )
             except exc.DBAPIError as error:
                 if is_connection_loss(error):
                     raise
@@ -168,7 +248,7 @@ class Downgrader:
         for user_id, _tier in window:
             try:
                 with self.db.transaction() as connection:
-                    rows = downgrade(connection, self.now, limit=1, only_id=user_id)
+                    rows = downgrade(connection, self.now, self.identity, limit=1, only_id=user_id)
             except exc.DBAPIError as error:
                 if is_connection_loss(error):
                     raise
@@ -223,7 +303,8 @@ def expire_tiers(
         report.end_rows("users would be downgraded", total=found)
         return report.result({"dryRun": True, "wouldProcess": found, "timestamp": iso_utc(now)})
 
-    downgrader = Downgrader(db, report, now, config.batch_size)
+    run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
+    downgrader = Downgrader(db, report, now, config.batch_size, run)
     downgrader.run()
     report.end_rows("users downgraded")
     with db.transaction() as connection:

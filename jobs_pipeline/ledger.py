@@ -1,0 +1,57 @@
+"""The change ledger: what each run did to which row, written with the change itself.
+
+Each job's changing statement carries a second data-modifying CTE that inserts one
+ledger row per changed row, so the change and its record commit or roll back
+together. The rollup is exempt: its table is derived and recomputed daily.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CTE, ColumnElement, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from jobs_pipeline.app_tables import Timestamptz
+from jobs_pipeline.project_tables import change_ledger
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run is changing rows, for the ledger."""
+
+    run_id: str
+    job: str
+
+
+def utc_text(value: ColumnElement[Any] | datetime) -> ColumnElement[str]:
+    """A timestamp as `2026-01-03T10:00:00Z`, the way the ledger's reasons show time."""
+    column = cast(literal(value), Timestamptz) if isinstance(value, datetime) else value
+    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+
+
+def record(
+    changed: CTE,
+    run: RunIdentity,
+    *,
+    table: str,
+    key: ColumnElement[Any],
+    before: ColumnElement[Any] | None,
+    after: ColumnElement[Any] | None,
+    reason: ColumnElement[str],
+) -> Any:
+    """An INSERT into the ledger of one row per row of `changed`, to run as a CTE beside it."""
+    null_json = cast(literal(None), JSONB)
+    rows = select(
+        literal(run.run_id),
+        literal(run.job),
+        literal(table),
+        cast(key, change_ledger.c.row_key.type),
+        before if before is not None else null_json,
+        after if after is not None else null_json,
+        reason,
+    ).select_from(changed)
+    return pg_insert(change_ledger).from_select(
+        ["run_id", "job", "table_name", "row_key", "before", "after", "reason"], rows
+    )
