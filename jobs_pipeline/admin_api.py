@@ -88,6 +88,7 @@ class AdminApi:
                 job,
                 dry_run=options["dry_run"],
                 user=options["user"],
+                allow_large=options["allow_large"],
                 app_engine=self.app_engine,
             )
         except LaunchError as refusal:
@@ -106,25 +107,28 @@ class AdminApi:
 
 
 async def read_options(request: Request) -> dict[str, Any] | JSONResponse:
-    """`{"dry_run": bool, "user": str}`, both optional; an empty body is fine."""
+    """`{"dry_run": bool, "user": str, "allow_large": bool}`, all optional; an empty
+    body is fine.
+    """
     body = await request.body()
     if not body.strip():
-        return {"dry_run": False, "user": None}
+        return {"dry_run": False, "user": None, "allow_large": False}
     try:
         options = json.loads(body)
     except ValueError:
         return error(400, "The body must be a JSON object")
     if not isinstance(options, dict):
         return error(400, "The body must be a JSON object")
-    unknown = set(options) - {"dry_run", "user"}
+    unknown = set(options) - {"dry_run", "user", "allow_large"}
     if unknown:
         return error(400, f"Unknown option(s): {', '.join(sorted(map(str, unknown)))}")
     dry_run, user = options.get("dry_run", False), options.get("user")
-    if not isinstance(dry_run, bool):
-        return error(400, "dry_run must be true or false")
+    allow_large = options.get("allow_large", False)
+    if not isinstance(dry_run, bool) or not isinstance(allow_large, bool):
+        return error(400, "dry_run and allow_large must be true or false")
     if user is not None and (not isinstance(user, str) or not user.strip()):
         return error(400, "user must be a user's id or email")
-    return {"dry_run": dry_run, "user": user}
+    return {"dry_run": dry_run, "user": user, "allow_large": allow_large}
 
 
 def jobs_with_last_runs() -> list[dict[str, Any]]:
@@ -215,6 +219,7 @@ OPENAPI: dict[str, Any] = {
                                 "properties": {
                                     "dry_run": {"type": "boolean"},
                                     "user": {"type": "string"},
+                                    "allow_large": {"type": "boolean"},
                                 },
                             }
                         }

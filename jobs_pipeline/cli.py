@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", metavar="JOB", help="e.g. tier-expiration or tier_expiration")
     run.add_argument("--dry-run", action="store_true", help="change nothing; report what would")
     run.add_argument("--user", metavar="ID_OR_EMAIL", help="only for discipline-stats-rollup")
+    run.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="let tier-expiration or promo-cleanup change more rows than its guard allows",
+    )
 
     commands.add_parser("list", help="the jobs, their schedules and the last run of each")
     commands.add_parser("demo-data", help="fill an empty app database with demo data")
@@ -77,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             return command_dev(args.host, args.port)
         if args.command == "run":
-            return command_run(args.job, dry_run=args.dry_run, user=args.user)
+            return command_run(
+                args.job, dry_run=args.dry_run, user=args.user, allow_large=args.allow_large
+            )
         if args.command == "list":
             return command_list()
         if args.command == "demo-data":
@@ -131,7 +138,7 @@ def check_reachable(engine: Any) -> None:
         raise DatabaseUnreachable(f"cannot reach the app database: {first_line(error)}") from None
 
 
-def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
+def command_run(job: str, *, dry_run: bool, user: str | None, allow_large: bool = False) -> int:
     from jobs_pipeline.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
@@ -154,7 +161,9 @@ def command_run(job: str, *, dry_run: bool, user: str | None) -> int:
         # Fail fast on a database that is not there: inside the run, a refused
         # connection is retried for minutes, as a scheduled run should be.
         check_reachable(app_engine)
-        plan = plan_launch(job_def, dry_run=dry_run, user=user, app_engine=app_engine)
+        plan = plan_launch(
+            job_def, dry_run=dry_run, user=user, allow_large=allow_large, app_engine=app_engine
+        )
     except LaunchError as error:
         raise UsageError(str(error)) from None
     except DatabaseUnreachable as error:

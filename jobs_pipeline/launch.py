@@ -31,6 +31,7 @@ def plan_launch(
     *,
     dry_run: bool = False,
     user: str | None = None,
+    allow_large: bool = False,
     app_engine: Engine | None = None,
 ) -> LaunchPlan:
     """A partitioned job runs all its partitions in one run; `user` (only the rollup
@@ -38,8 +39,15 @@ def plan_launch(
     """
     from jobs_pipeline.jobs.discipline_stats_rollup import find_user, shard_of
 
+    extra: dict[str, Any] = {}
+    if allow_large:
+        if not takes_option(job, "allow_large"):
+            raise LaunchError(
+                f"--allow-large applies only to tier-expiration and promo-cleanup, not {job.name}"
+            )
+        extra["allow_large"] = True
     if user is not None:
-        if not any("user" in config_fields(n.definition) for n in job.nodes_in_topological_order):
+        if not takes_option(job, "user"):
             raise LaunchError(f"--user applies only to discipline-stats-rollup, not {job.name}")
         assert app_engine is not None, "looking a user up needs the app database"
         with app_engine.connect() as connection:
@@ -48,10 +56,10 @@ def plan_launch(
             except LookupError as missing:
                 raise LaunchError(str(missing)) from None
         return LaunchPlan(
-            run_config=op_config_for(job, dry_run=dry_run, user=str(user_id)),
+            run_config=op_config_for(job, dry_run=dry_run, user=str(user_id), **extra),
             partition_key=shard_of(user_id),
         )
-    plan = LaunchPlan(run_config=op_config_for(job, dry_run=dry_run))
+    plan = LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra))
     if job.partitions_def is not None:
         keys = job.partitions_def.get_partition_keys()
         plan.tags.update(
@@ -74,6 +82,10 @@ def op_config_for(job: dg.JobDefinition, **op_config: Any) -> dict[str, Any]:
             if set(op_config) <= set(config_fields(node.definition))
         }
     }
+
+
+def takes_option(job: dg.JobDefinition, option: str) -> bool:
+    return any(option in config_fields(node.definition) for node in job.nodes_in_topological_order)
 
 
 def config_fields(definition: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    true,
     update,
 )
 
@@ -27,6 +28,7 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.batching import locked_batch, run_batches
+from jobs_pipeline.jobs.guard import GuardConfig, check_blast_radius
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
@@ -42,7 +44,7 @@ JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
 
 
-class PromoCleanupConfig(DryRunConfig):
+class PromoCleanupConfig(DryRunConfig, GuardConfig):
     redemption_retention_days: int = Field(
         default=365,
         ge=1,
@@ -51,6 +53,12 @@ class PromoCleanupConfig(DryRunConfig):
     )
     batch_size: int = Field(
         default=5_000, ge=1, le=100_000, description="Rows changed per transaction."
+    )
+    max_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A run that would deactivate or delete more than this share stops first.",
     )
 
 
@@ -160,6 +168,28 @@ def count_rows(connection: Connection, table: Table, condition: ColumnElement[bo
     )
 
 
+def guard(db: AppDatabase, config: PromoCleanupConfig, now: datetime, cutoff: datetime) -> None:
+    """Stops the run before it writes when it would clear out too much of either table."""
+    with db.transaction() as connection:
+        codes = count_rows(connection, promo_codes, is_expired_active_code(now))
+        active = count_rows(connection, promo_codes, promo_codes.c.is_active.is_(True))
+        old = count_rows(connection, promo_redemptions, is_old_redemption(cutoff))
+        total = count_rows(connection, promo_redemptions, true())
+    for what, about_to_change, out_of, max_rows, floor in (
+        ("deactivate active promo codes", codes, active, 10_000, 100),
+        ("delete promo redemptions", old, total, 1_000_000, 1_000),
+    ):
+        check_blast_radius(
+            what,
+            about_to_change,
+            out_of,
+            max_rows=max_rows,
+            max_share=config.max_share,
+            share_applies_above=floor,
+            allow_large=config.allow_large,
+        )
+
+
 def dry_run(db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime) -> JobResult:
     with db.transaction() as connection:
         codes = count_rows(connection, promo_codes, is_expired_active_code(now))
@@ -198,6 +228,7 @@ def clean_up(
     if config.dry_run:
         return report.result(dry_run(db, report, now, cutoff))
 
+    guard(db, config, now, cutoff)
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     deactivated = 0
     for rows in run_batches(

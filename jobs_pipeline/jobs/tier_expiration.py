@@ -33,6 +33,7 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import Timestamptz, users
 from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
 from jobs_pipeline.jobs.batching import locked_batch
+from jobs_pipeline.jobs.guard import GuardConfig, check_blast_radius
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
@@ -50,9 +51,18 @@ JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
 
 
-class TierExpirationConfig(DryRunConfig):
+class TierExpirationConfig(DryRunConfig, GuardConfig):
     batch_size: int = Field(
         default=5_000, ge=1, le=100_000, description="Users downgraded per transaction."
+    )
+    max_downgrades: int = Field(
+        default=10_000, ge=1, description="A run that would downgrade more stops first."
+    )
+    max_downgrade_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="A run that would downgrade more than this share of paying users stops first.",
     )
 
 
@@ -186,6 +196,11 @@ def expired_users(
     return connection.execute(window.order_by(users.c.id).limit(limit)).all()
 
 
+def count_paying(connection: Connection) -> int:
+    statement = select(func.count()).select_from(users).where(users.c.tier != "free")
+    return int(connection.execute(statement).scalar_one())
+
+
 def count_expired(connection: Connection, now: datetime) -> int:
     statement = select(func.count()).select_from(users).where(has_expired_paid_tier(now))
     return int(connection.execute(statement).scalar_one())
@@ -293,7 +308,17 @@ def expire_tiers(
         if not config.dry_run:
             require_current_schema(connection)  # the downgrade queues an email there
         found = count_expired(connection, now)
+        paying = count_paying(connection)
     report.info(f"Found {found} users with expired tiers")
+    check_blast_radius(
+        "downgrade paying users",
+        found,
+        paying,
+        max_rows=config.max_downgrades,
+        max_share=config.max_downgrade_share,
+        share_applies_above=100,
+        allow_large=config.allow_large or config.dry_run,
+    )
 
     if config.dry_run:
         with db.transaction() as connection:
