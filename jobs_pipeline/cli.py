@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("--id", type=int, required=True, dest="token_id", help="the token's id")
 
+    undo = commands.add_parser("undo", help="take back what one run changed")
+    undo.add_argument("run_id", metavar="RUN_ID", help="the run whose changes to take back")
+    undo.add_argument("--dry-run", action="store_true", help="report what would be restored")
+
+    why = commands.add_parser("why", help="every change the jobs made to one user, and why")
+    why.add_argument("--user", required=True, metavar="EMAIL_OR_ID")
+
     api = commands.add_parser("admin-api", help="serve the admin HTTP API")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8088, help="port (default 8088)")
@@ -95,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_token_create(args.email)
         if args.command == "token":
             return command_token_revoke(args.token_id)
+        if args.command == "undo":
+            return command_undo(args.run_id, dry_run=args.dry_run)
+        if args.command == "why":
+            return command_why(args.user)
         if args.command == "admin-api":
             return command_admin_api(args.host, args.port)
     except UsageError as error:
@@ -108,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def job_names() -> list[str]:
     from jobs_pipeline.definitions import defs
+    from jobs_pipeline.jobs.scheduling import is_maintenance_job
 
-    return sorted(job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__"))
+    return sorted(job.name for job in defs.resolve_all_job_defs() if is_maintenance_job(job))
 
 
 def resolve_job_name(name: str) -> str:
@@ -270,6 +283,60 @@ def command_db_upgrade() -> int:
         print(f"jobs-pipeline: db upgrade failed: {first_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     print(f"jobs_pipeline schema at revision {revision}")
+    return 0
+
+
+# -- undo and why -------------------------------------------------------------------------
+
+
+def command_undo(run_id: str, *, dry_run: bool) -> int:
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.jobs.reporting import result_json, seed_name
+    from jobs_pipeline.jobs.undo import JOB_NAME, OP_NAME
+    from jobs_pipeline.launch import LaunchPlan, run_now
+
+    project_engine().dispose()  # the schema is there and current
+    plan = LaunchPlan(
+        run_config={"ops": {OP_NAME: {"config": {"run_id": run_id.strip(), "dry_run": dry_run}}}}
+    )
+    outcome = run_now(defs.resolve_job_def(JOB_NAME), plan, triggered_by="cli")
+    name = seed_name(JOB_NAME)
+    if not outcome.success:
+        print(f"[{name}] Failed (run {outcome.run_id}): {outcome.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"[{name}] Result: {result_json(outcome.result or {})}")
+    return 0
+
+
+def command_why(id_or_email: str) -> int:
+    import uuid
+
+    from jobs_pipeline.jobs.discipline_stats_rollup import find_user
+    from jobs_pipeline.ledger import changes_to_user, describe_change
+
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            try:
+                user_id = str(find_user(connection, id_or_email))
+            except LookupError:
+                try:  # a user the app has since deleted is still in the ledger by id
+                    user_id = str(uuid.UUID(id_or_email.strip()))
+                except ValueError:
+                    raise UsageError(f"no user with id or email {id_or_email.strip()!r}") from None
+            entries = changes_to_user(connection, user_id)
+    finally:
+        engine.dispose()
+    if not entries:
+        print(f"no changes by the jobs are recorded for user {user_id}")
+        return 0
+    for entry in entries:
+        when = entry.changed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(
+            f"{when}  {entry.job} run {entry.run_id}  {entry.table_name} {entry.row_key}\n"
+            f"    {describe_change(entry.before, entry.after)}\n"
+            f"    because {entry.reason}"
+        )
     return 0
 
 

@@ -26,6 +26,7 @@ from jobs_pipeline.jobs.global_override_check import (
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
+from jobs_pipeline.jobs.undo import undo_run_job
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.monitoring import MONITORING_SENSORS
 
@@ -58,6 +59,7 @@ defs = dg.Definitions(
         discipline_stats_rollup_job,
         trial_reminder_job,
         email_delivery_job,
+        undo_run_job,
     ],
     schedules=[
         tier_expiration_schedule,

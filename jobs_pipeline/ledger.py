@@ -16,6 +16,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from jobs_pipeline.app_tables import Timestamptz
 from jobs_pipeline.project_tables import change_ledger
 
+# A run can be undone for this long; the ledger keeps its rows longer than that.
+UNDO_WINDOW_DAYS = 30
+DEFAULT_RETENTION_DAYS = 90
+
 
 @dataclass(frozen=True)
 class RunIdentity:
@@ -55,3 +59,29 @@ def record(
     return pg_insert(change_ledger).from_select(
         ["run_id", "job", "table_name", "row_key", "before", "after", "reason"], rows
     )
+
+
+def changes_to_user(connection: Any, user_id: str) -> list[Any]:
+    """Every ledger entry about a user: their own row, and rows of theirs (redemptions)."""
+    from sqlalchemy import or_
+
+    entries = select(change_ledger).where(
+        or_(
+            (change_ledger.c.table_name == "users") & (change_ledger.c.row_key == user_id),
+            change_ledger.c.before["user_id"].astext == user_id,
+            change_ledger.c.after["user_id"].astext == user_id,
+        )
+    )
+    return list(
+        connection.execute(entries.order_by(change_ledger.c.changed_at, change_ledger.c.id))
+    )
+
+
+def describe_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """`tier: premium -> free, tier_source: purchase -> default`; a delete or an insert whole."""
+    if after is None:
+        return f"deleted {before}"
+    if before is None:
+        return f"inserted {after}"
+    changed = [k for k in after if before.get(k) != after.get(k)]
+    return ", ".join(f"{k}: {before.get(k)} -> {after.get(k)}" for k in changed) or "no change"

@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.jobs.scheduling import TOOL_TAG, is_maintenance_job
 from jobs_pipeline_tests.running import job_result
 
 # INTERFACE.md's table: Dagster job, schedule (UTC), priority.
@@ -30,8 +31,10 @@ INVENTORY = {
 
 
 def test_every_job_resolves_and_matches_the_interface():
-    jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    jobs = {job.name: job for job in defs.resolve_all_job_defs() if is_maintenance_job(job)}
     assert set(jobs) == set(INVENTORY)
+    tools = {job.name for job in defs.resolve_all_job_defs() if job.tags.get(TOOL_TAG) == "true"}
+    assert tools == {"undo_run"}
     for name, (_cron, priority) in INVENTORY.items():
         assert jobs[name].tags["priority"] == priority
         assert jobs[name].tags["job_lock"] == name

@@ -31,9 +31,12 @@ def ledger_rows(engine, run_id: str) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in rows]
 
 
-def as_json_time(moment: datetime | None) -> str | None:
-    """How PostgreSQL's jsonb writes a timestamptz (in the session's zone, UTC here)."""
-    return None if moment is None else moment.isoformat()
+def timed(values: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry with its timestamps read back as datetimes."""
+    return {
+        key: datetime.fromisoformat(value) if key.endswith("_at") and value else value
+        for key, value in values.items()
+    }
 
 
 def test_each_downgrade_is_recorded_with_its_values_before_and_after(engine, db, instance):
@@ -57,12 +60,8 @@ def test_each_downgrade_is_recorded_with_its_values_before_and_after(engine, db,
         assert (entry["job"], entry["table_name"]) == ("tier_expiration", "users")
         old = {c: before[key][c] for c in columns}
         new = {c: after[key][c] for c in columns}
-        assert entry["before"] == {
-            c: v if isinstance(v, str) or v is None else as_json_time(v) for c, v in old.items()
-        }
-        assert entry["after"] == {
-            c: v if isinstance(v, str) or v is None else as_json_time(v) for c, v in new.items()
-        }
+        assert timed(entry["before"]) == old
+        assert timed(entry["after"]) == new
         assert entry["reason"].startswith("tier_expires_at ")
         assert " < run time " in entry["reason"]
 
@@ -87,11 +86,11 @@ def test_deleted_redemptions_keep_their_whole_row_and_codes_their_flag(engine, d
     )
     redemption = entries["promo_redemptions"]
     assert redemption["after"] is None
-    assert redemption["before"] == {
+    assert timed(redemption["before"]) == {
         "id": str(old),
         "promo_code_id": str(code),
         "user_id": str(user),
-        "redeemed_at": as_json_time(deleted_row["redeemed_at"]),
+        "redeemed_at": deleted_row["redeemed_at"],
     }
 
 
@@ -119,3 +118,27 @@ def test_dry_runs_and_the_rollup_record_nothing(engine, db, instance):
     )
     assert rollup.success
     assert ledger_rows(engine, dry.run_id) == [] and ledger_rows(engine, rollup.run_id) == []
+
+
+def test_the_ledger_keeps_its_rows_for_its_retention_then_promo_cleanup_removes_them(
+    engine, db, instance
+):
+    from sqlalchemy import update
+
+    with engine.begin() as c:
+        set_override(c, {"tier": "pro", "expires_at": "2020-01-01T00:00:00Z"})
+    cleared = run_job(global_override_check_job, db, instance)
+    with engine.begin() as c:
+        c.execute(
+            update(change_ledger)
+            .where(change_ledger.c.run_id == cleared.run_id)
+            .values(changed_at=change_ledger.c.changed_at - timedelta(days=60))
+        )
+    run_job(promo_cleanup_job, db, instance)  # 90 days by default: kept
+    assert len(ledger_rows(engine, cleared.run_id)) == 1
+
+    run_job(promo_cleanup_job, db, instance, ledger_retention_days=45)
+
+    assert ledger_rows(engine, cleared.run_id) == []
+    refused = run_job(promo_cleanup_job, db, instance, ledger_retention_days=10)
+    assert not refused.success  # shorter than the 30-day undo window

@@ -38,7 +38,8 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.ledger import RunIdentity
+from jobs_pipeline.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity
+from jobs_pipeline.project_tables import change_ledger
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
@@ -53,6 +54,11 @@ class PromoCleanupConfig(DryRunConfig, GuardConfig):
     )
     batch_size: int = Field(
         default=5_000, ge=1, le=100_000, description="Rows changed per transaction."
+    )
+    ledger_retention_days: int = Field(
+        default=DEFAULT_RETENTION_DAYS,
+        gt=UNDO_WINDOW_DAYS,
+        description="Change-ledger rows older than this are removed (longer than the undo window).",
     )
     max_share: float = Field(
         default=0.5,
@@ -168,6 +174,26 @@ def count_rows(connection: Connection, table: Table, condition: ColumnElement[bo
     )
 
 
+def prune_ledger(db: AppDatabase, older_than: datetime, batch_size: int) -> int:
+    """The ledger's own retention, in bounded batches: past it, a run can no longer be undone."""
+
+    def prune_batch(connection: Connection) -> Sequence[Row[int]]:
+        oldest = (
+            select(change_ledger.c.id)
+            .where(change_ledger.c.changed_at < older_than)
+            .order_by(change_ledger.c.id)
+            .limit(batch_size)
+            .scalar_subquery()
+        )
+        return connection.execute(
+            delete(change_ledger)
+            .where(change_ledger.c.id.in_(oldest))
+            .returning(change_ledger.c.id)
+        ).all()
+
+    return sum(len(batch) for batch in run_batches(db, prune_batch, batch_size))
+
+
 def guard(db: AppDatabase, config: PromoCleanupConfig, now: datetime, cutoff: datetime) -> None:
     """Stops the run before it writes when it would clear out too much of either table."""
     with db.transaction() as connection:
@@ -245,6 +271,11 @@ def clean_up(
 
     deleted = sum(len(batch) for batch in run_batches(db, delete_batch, config.batch_size))
     report.info(f"Deleted {deleted} old redemption records")
+    pruned = prune_ledger(db, now - timedelta(days=config.ledger_retention_days), config.batch_size)
+    if pruned:
+        report.info(
+            f"Removed {pruned} change-ledger rows older than {config.ledger_retention_days} days"
+        )
     return report.result(
         {"codesDeactivated": deactivated, "redemptionsDeleted": deleted, "timestamp": iso_utc(now)}
     )

@@ -20,6 +20,15 @@ DEFAULT_ALERT_AFTER_SECONDS = 300
 DEFAULT_MAX_RUNTIME_SECONDS = 1800
 
 
+# A job for operators' tools (undo), launched with its own command, never scheduled.
+TOOL_TAG = "jobs_pipeline/tool"
+
+
+def is_maintenance_job(job: dg.JobDefinition) -> bool:
+    """A job users run by name: not Dagster's own (`__ASSET_JOB`), not a tool."""
+    return not job.name.startswith("__") and job.tags.get(TOOL_TAG) != "true"
+
+
 def job_tags(
     job_name: str,
     priority: Priority,
