@@ -21,7 +21,7 @@ from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.schema_migrations import upgrade
 
-pytest_plugins = ["jobs_pipeline_tests.receivers"]
+pytest_plugins = ["jobs_pipeline_tests.receivers", "jobs_pipeline_tests.outages"]
 
 TEMPLATE = "app_template"
 _database_numbers = itertools.count()

@@ -2,21 +2,16 @@
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
-import pytest
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase, create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.schema_migrations import upgrade
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
+from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 # Every downgrade sleeps a little, so the run is still going when the database goes.
@@ -25,27 +20,6 @@ CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_sleep(0.03); RETURN NEW; END $$;
 CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
 """
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own, which it may stop and start."""
-    server = start_embedded_postgres(tmp_path / "pg", cleanup_mode="stop")
-    server.ensure_database("app")
-    engine = create_app_engine(server.url("app"))
-    create_app_schema(engine)
-    engine.dispose()
-    upgrade(server.url("app"))
-    yield server
-    server.server.cleanup()
-
-
-def stop(server: EmbeddedPostgres) -> None:
-    server.server.cleanup()
-
-
-def start_again(server: EmbeddedPostgres) -> EmbeddedPostgres:
-    return start_embedded_postgres(server.pgdata, cleanup_mode="stop")
 
 
 def tiers(engine: Engine) -> dict[str, int]:

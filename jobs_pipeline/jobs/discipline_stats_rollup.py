@@ -25,6 +25,7 @@ from sqlalchemy import (
     Connection,
     Select,
     cast,
+    exc,
     func,
     literal,
     or_,
@@ -370,9 +371,7 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
         yield from evaluate_checks(db, scope)
         return
     started = time.monotonic()
-    with db.transaction() as connection:
-        prepare_transaction(connection, config)
-        users_updated, shots_counted = upsert_stats(connection, scope, now)
+    users_updated, shots_counted = upsert_while_users_come_and_go(db, config, scope, now, report)
     report.info(f"Updated stats for {users_updated} users ({scope.describe()})")
     result = {
         "usersUpdated": users_updated,
@@ -386,6 +385,28 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
         metadata={**result_metadata(result), "scope": dg.MetadataValue.text(scope.describe())},
         check_results=evaluate_checks(db, scope),
     )
+
+
+# A user the app deletes while the statement runs fails its foreign key; the
+# statement is taken again on a fresh snapshot, which no longer holds that user.
+FOREIGN_KEY_VIOLATION = "23503"
+ATTEMPTS_WHILE_USERS_ARE_DELETED = 3
+
+
+def upsert_while_users_come_and_go(
+    db: AppDatabase, config: RollupConfig, scope: Scope, now: datetime, report: JobReport
+) -> tuple[int, int]:
+    for attempt in range(1, ATTEMPTS_WHILE_USERS_ARE_DELETED + 1):
+        try:
+            with db.transaction() as connection:
+                prepare_transaction(connection, config)
+                return upsert_stats(connection, scope, now)
+        except exc.IntegrityError as error:
+            deleted_meanwhile = getattr(error.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION
+            if not deleted_meanwhile or attempt == ATTEMPTS_WHILE_USERS_ARE_DELETED:
+                raise
+            report.warning("A user was deleted while their stats were written; running again")
+    raise AssertionError("unreachable")
 
 
 def dry_run(

@@ -176,17 +176,47 @@ def recorded_changes(connection: Connection, run_id: str) -> list[tuple[str, str
     return [(str(t), str(k), w) for t, k, w in rows]
 
 
+def kinds_of_change(connection: Connection, run_id: str) -> dict[str, set[str]]:
+    """Per table, which kinds of change the run made: updated, deleted, inserted rows."""
+    rows = connection.execute(
+        text(
+            "SELECT table_name,"
+            " bool_or(before IS NOT NULL AND after IS NOT NULL),"
+            " bool_or(after IS NULL), bool_or(before IS NULL)"
+            " FROM jobs_pipeline.change_ledger WHERE run_id = :run_id GROUP BY table_name"
+        ),
+        {"run_id": run_id},
+    ).all()
+    kinds: dict[str, set[str]] = {}
+    for table, updated, deleted, inserted in rows:
+        kinds[str(table)] = {
+            kind
+            for kind, present in (
+                ("updated", updated),
+                ("deleted", deleted),
+                ("inserted", inserted),
+            )
+            if present
+        }
+    return kinds
+
+
+STEPS = {"updated": restore_updates, "deleted": restore_deletes, "inserted": remove_inserts}
+
+
 def undo(connection: Connection, runs: UndoOf) -> list[tuple[str, str]]:
-    """Every restorable change of the run, restored; returns (table, key) of each."""
+    """Every restorable change of the run, restored; returns (table, key) of each.
+
+    Only the statements a table's changes call for are run: PostgreSQL checks
+    privileges before a statement runs, and the jobs' role may update `users` but
+    never insert into it or delete from it.
+    """
     restored: list[tuple[str, str]] = []
-    tables = sorted({t for t, _, _ in recorded_changes(connection, runs.run_id)})
-    for name in tables:
+    for name, kinds in sorted(kinds_of_change(connection, runs.run_id).items()):
         table = table_of(name)
-        steps = [restore_deletes, remove_inserts]
-        if name in RESTORED_COLUMNS:
-            steps.insert(0, restore_updates)
-        for step in steps:
-            restored += [(name, key) for key in step(connection, table, runs)]
+        for kind in ("updated", "deleted", "inserted"):
+            if kind in kinds:
+                restored += [(name, key) for key in STEPS[kind](connection, table, runs)]
     return restored
 
 

@@ -1,0 +1,32 @@
+"""A PostgreSQL server of a test's own, which the test may stop and start again."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs_pipeline.app_database_setup import create_app_schema
+from jobs_pipeline.database import create_app_engine
+from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.schema_migrations import upgrade
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A server of this test's own, which it may stop and start."""
+    server = start_embedded_postgres(tmp_path / "pg", cleanup_mode="stop")
+    server.ensure_database("app")
+    engine = create_app_engine(server.url("app"))
+    create_app_schema(engine)
+    engine.dispose()
+    upgrade(server.url("app"))
+    yield server
+    server.server.cleanup()
+
+
+def stop(server: EmbeddedPostgres) -> None:
+    server.server.cleanup()
+
+
+def start_again(server: EmbeddedPostgres) -> EmbeddedPostgres:
+    return start_embedded_postgres(server.pgdata, cleanup_mode="stop")
