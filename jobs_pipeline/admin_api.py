@@ -45,8 +45,9 @@ def bearer_token(request: Request) -> str | None:
 def job_catalog() -> dict[str, Any]:
     """Dagster job name -> job, for every job users can run."""
     from jobs_pipeline.definitions import defs
+    from jobs_pipeline.jobs.scheduling import is_maintenance_job
 
-    return {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    return {job.name: job for job in defs.resolve_all_job_defs() if is_maintenance_job(job)}
 
 
 def find_job(name: str) -> Any | None:
