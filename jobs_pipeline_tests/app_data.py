@@ -56,3 +56,12 @@ def table_rows(engine: Engine, table) -> list[dict[str, Any]]:
 def db_now(engine: Engine) -> datetime:
     with engine.connect() as connection:
         return connection.exec_driver_sql("SELECT now()").scalar_one()
+
+
+def slow_trigger(table: str, when: str, seconds: float) -> str:
+    """SQL for a trigger that sleeps per row: a run still going when the test strikes."""
+    return f"""
+    CREATE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_sleep({seconds}); RETURN COALESCE(NEW, OLD); END $$;
+    CREATE TRIGGER slow_{table} {when} ON {table} FOR EACH ROW EXECUTE FUNCTION slow_{table}();
+    """

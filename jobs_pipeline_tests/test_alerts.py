@@ -25,7 +25,7 @@ from jobs_pipeline.monitoring import (
     long_running_run_sensor,
     run_failure_alert_sensor,
 )
-from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
+from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer
 from jobs_pipeline_tests.running import run_job
 
@@ -169,11 +169,7 @@ def test_no_secret_reaches_an_alert(
     assert "***" in post["text"]
 
 
-SLOW_UPDATES = """
-CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
-CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
-"""
+SLOW_UPDATES = slow_trigger("users", "BEFORE UPDATE", 0.5)
 
 
 def test_a_slow_run_alerts_once_while_it_is_still_going(

@@ -19,7 +19,7 @@ from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.launch import failure_message
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
-from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now
+from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, slow_trigger
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, free_port
 from jobs_pipeline_tests.receivers import Mailbox, SmtpServer
 from jobs_pipeline_tests.running import job_result
@@ -283,11 +283,7 @@ def test_a_delivery_killed_midway_and_run_again_sends_nothing_twice(
     assert sum(per_recipient) >= statuses.count("sent")
 
 
-SLOW_DOWNGRADES = """
-CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$;
-CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
-"""
+SLOW_DOWNGRADES = slow_trigger("users", "BEFORE UPDATE", 0.1)
 
 
 def test_a_downgrade_killed_midway_keeps_every_email_with_its_downgrade(

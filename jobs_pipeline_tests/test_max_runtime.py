@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select, text
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME, OP_NAME
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
-from jobs_pipeline_tests.dev_server import Dev, running_dev, short_state_dir, tail
+from jobs_pipeline_tests.dev_server import Dev, running_dev, short_state_dir, tail, wait_for_run
 
 EXPIRED_USERS = 40
 MAX_RUNTIME_S = 4
@@ -63,17 +63,6 @@ def graphql(dev: Dev, query: str, **variables: Any) -> dict[str, Any]:
     return answer["data"]
 
 
-def wait_for_end(client: DagsterGraphQLClient, run_id: str, dev: Dev) -> str:
-    give_up = time.monotonic() + RUN_DEADLINE_S
-    status = None
-    while time.monotonic() < give_up:
-        status = client.get_run_status(run_id).value
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            return status
-        time.sleep(1)
-    pytest.fail(f"run {run_id} still {status} after {RUN_DEADLINE_S} s:\n{tail(dev.log)}")
-
-
 def downgraded(engine: Engine) -> int:
     with engine.connect() as connection:
         statement = select(func.count()).select_from(users).where(users.c.tier == "free")
@@ -109,7 +98,7 @@ def test_a_run_over_its_max_runtime_is_stopped_and_fails(engine, app_db_url, tmp
             run_config={"ops": {OP_NAME: {"config": {"batch_size": 1}}}},
         )
 
-        assert wait_for_end(client, run_id, dev) == "FAILURE", tail(dev.log)
+        assert wait_for_run(client, run_id, dev) == "FAILURE", tail(dev.log)
 
         run = graphql(dev, RUN_EVENTS, runId=run_id)["runOrError"]
         assert run["__typename"] == "Run", run

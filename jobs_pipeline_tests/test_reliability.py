@@ -23,20 +23,13 @@ from jobs_pipeline_tests.app_data import (
     add_redemption,
     add_user,
     db_now,
+    slow_trigger,
 )
 from jobs_pipeline_tests.journal_data import as_records, expected_stats, make_journals, stored_stats
 from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.running import job_result, run_job
 
 rollup_job = defs.resolve_job_def("discipline_stats_rollup")
-
-
-def slow_trigger(table: str, when: str, seconds: float) -> str:
-    return f"""
-    CREATE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_sleep({seconds}); RETURN COALESCE(NEW, OLD); END $$;
-    CREATE TRIGGER slow_{table} {when} ON {table} FOR EACH ROW EXECUTE FUNCTION slow_{table}();
-    """
 
 
 def count(engine, table, *where) -> int:

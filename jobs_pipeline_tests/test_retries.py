@@ -10,16 +10,12 @@ from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override
+from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
 from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 # Every downgrade sleeps a little, so the run is still going when the database goes.
-SLOW_DOWNGRADES = """
-CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.03); RETURN NEW; END $$;
-CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
-"""
+SLOW_DOWNGRADES = slow_trigger("users", "BEFORE UPDATE", 0.03)
 
 
 def tiers(engine: Engine) -> dict[str, int]:

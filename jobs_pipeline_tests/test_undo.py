@@ -22,6 +22,7 @@ from jobs_pipeline_tests.app_data import (
     add_user,
     db_now,
     set_override,
+    slow_trigger,
     table_rows,
     user_row,
 )
@@ -177,11 +178,7 @@ def test_the_undo_command_is_a_recorded_run(engine, db, instance, app_db_url, tm
     assert user_row(engine, user_id)["tier"] == "premium"
 
 
-SLOW_DOWNGRADES = """
-CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;
-CREATE TRIGGER slow_down BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION slow_down();
-"""
+SLOW_DOWNGRADES = slow_trigger("users", "BEFORE UPDATE", 0.05)
 
 
 def test_sigkill_midway_leaves_the_ledger_and_the_tables_agreeing(engine, app_db_url):
