@@ -1,7 +1,9 @@
 """Running the installed `jobs-pipeline` console script for real, and waiting on servers."""
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,3 +101,34 @@ def kill_groups(groups: set[int], signum: int) -> None:
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signum)
+
+
+# A job run in a process of its own, through Dagster's Python API (past the queue), so a
+# test can kill it midway. It prints the job's result as its last line.
+JOB_PROCESS = """
+import json, sys
+from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.launch import op_config_for, plan_launch, result_of
+job = defs.resolve_job_def(sys.argv[2])
+run = job.execute_in_process(
+    resources={"db": AppDatabase(url=sys.argv[1])},
+    run_config=op_config_for(job, **json.loads(sys.argv[3])),
+    tags=plan_launch(job).tags,
+)
+print(json.dumps(result_of(run)))
+"""
+
+
+def start_job_process(app_db_url: str, job_name: str, **op_config: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", JOB_PROCESS, app_db_url, job_name, json.dumps(op_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)

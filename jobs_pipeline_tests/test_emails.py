@@ -3,7 +3,6 @@
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -20,7 +19,13 @@ from jobs_pipeline.launch import failure_message
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, slow_trigger
-from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, free_port
+from jobs_pipeline_tests.processes import (
+    JOBS_PIPELINE,
+    cli_environment,
+    free_port,
+    kill,
+    start_job_process,
+)
 from jobs_pipeline_tests.receivers import Mailbox, SmtpServer
 from jobs_pipeline_tests.running import job_result
 
@@ -295,18 +300,7 @@ def test_a_downgrade_killed_midway_keeps_every_email_with_its_downgrade(
             add_expired_user(c, now)
         c.execute(text(SLOW_DOWNGRADES))
     # A process of its own, in small batches (each its own transaction), to kill midway.
-    script = (
-        "import sys, dagster as dg;"
-        "from jobs_pipeline.database import AppDatabase;"
-        "from jobs_pipeline.jobs.tier_expiration import tier_expiration_job as job;"
-        "job.execute_in_process(resources={'db': AppDatabase(url=sys.argv[1])},"
-        " run_config={'ops': {'downgrade_expired_tiers': {'config': {'batch_size': 2}}}})"
-    )
-    job = subprocess.Popen(
-        [sys.executable, "-c", script, app_db_url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    job = start_job_process(app_db_url, "tier_expiration", batch_size=2)
 
     def downgraded() -> set:
         with engine.connect() as c:
@@ -315,8 +309,7 @@ def test_a_downgrade_killed_midway_keeps_every_email_with_its_downgrade(
     deadline = time.monotonic() + 60
     while not downgraded() and time.monotonic() < deadline:
         time.sleep(0.1)
-    job.send_signal(signal.SIGKILL)
-    job.wait(timeout=10)
+    kill(job)
 
     halfway = downgraded()
     assert 0 < len(halfway) < 40

@@ -1,9 +1,6 @@
 """Faults survived with nothing lost: outages, kills, concurrent runs, users deleted midway."""
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -27,6 +24,7 @@ from jobs_pipeline_tests.app_data import (
 )
 from jobs_pipeline_tests.journal_data import as_records, expected_stats, make_journals, stored_stats
 from jobs_pipeline_tests.outages import start_again, stop
+from jobs_pipeline_tests.processes import kill, start_job_process
 from jobs_pipeline_tests.running import job_result, run_job
 
 rollup_job = defs.resolve_job_def("discipline_stats_rollup")
@@ -51,35 +49,6 @@ def in_background(target) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
-KILLABLE = (
-    "import json, sys, dagster as dg;"
-    "from jobs_pipeline.database import AppDatabase;"
-    "from jobs_pipeline.definitions import defs;"
-    "from jobs_pipeline.launch import op_config_for;"
-    "job = defs.resolve_job_def(sys.argv[2]);"
-    "from jobs_pipeline.launch import result_of;"
-    "run = job.execute_in_process(resources={'db': AppDatabase(url=sys.argv[1])},"
-    " run_config=op_config_for(job, **eval(sys.argv[3])),"
-    " tags={'dagster/asset_partition_range_start': '00',"
-    " 'dagster/asset_partition_range_end': '15'} if 'rollup' in sys.argv[2] else None);"
-    "print(json.dumps(result_of(run)))"
-)
-
-
-def start_killable(app_db_url: str, job: str, config: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, app_db_url, job, config],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def kill(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-
-
 def test_two_runs_at_once_downgrade_each_user_exactly_once(engine, app_db_url):
     now = db_now(engine)
     with engine.begin() as c:
@@ -88,7 +57,7 @@ def test_two_runs_at_once_downgrade_each_user_exactly_once(engine, app_db_url):
 
     # Two processes, each straight through Dagster's Python API: past the queue.
     runs = [
-        start_killable(app_db_url, "tier_expiration", "{'batch_size': 7, 'allow_large': True}")
+        start_job_process(app_db_url, "tier_expiration", batch_size=7, allow_large=True)
         for _ in range(2)
     ]
     outputs = [run.communicate(timeout=120)[0] for run in runs]
@@ -194,7 +163,7 @@ def test_a_rollup_killed_midway_leaves_the_old_rows_whole(engine, db, app_db_url
         c.execute(text(slow_trigger("user_discipline_stats", "BEFORE UPDATE", 0.02)))
     before = as_records(stored_stats(engine))
 
-    process = start_killable(app_db_url, "discipline_stats_rollup", "{}")
+    process = start_job_process(app_db_url, "discipline_stats_rollup")
     wait_for(
         lambda: any(
             row[0] == "active"
@@ -231,7 +200,7 @@ def test_a_cleanup_killed_midway_keeps_each_row_old_or_new_with_its_record(
             add_redemption(c, code, user, now - timedelta(days=400 + n))
         c.execute(text(slow_trigger("promo_redemptions", "BEFORE DELETE", 0.05)))
 
-    process = start_killable(app_db_url, "promo_cleanup", "{'batch_size': 3, 'allow_large': True}")
+    process = start_job_process(app_db_url, "promo_cleanup", batch_size=3, allow_large=True)
     wait_for(lambda: count(engine, promo_redemptions) < 40)
     kill(process)
 

@@ -1,8 +1,6 @@
 """Undo restores what a run changed, where nothing changed since; `why` explains a user."""
 
-import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -26,7 +24,7 @@ from jobs_pipeline_tests.app_data import (
     table_rows,
     user_row,
 )
-from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
+from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, kill, start_job_process
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
 
@@ -187,19 +185,7 @@ def test_sigkill_midway_leaves_the_ledger_and_the_tables_agreeing(engine, app_db
         for _ in range(60):
             add_expired_user(c, now)
         c.execute(text(SLOW_DOWNGRADES))
-    script = (
-        "import sys;"
-        "from jobs_pipeline.database import AppDatabase;"
-        "from jobs_pipeline.jobs.tier_expiration import tier_expiration_job as job;"
-        "job.execute_in_process(resources={'db': AppDatabase(url=sys.argv[1])},"
-        " run_config={'ops': {'downgrade_expired_tiers':"
-        " {'config': {'batch_size': 3, 'allow_large': True}}}})"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, app_db_url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_job_process(app_db_url, "tier_expiration", batch_size=3, allow_large=True)
 
     def free_users() -> set[str]:
         with engine.connect() as c:
@@ -211,8 +197,7 @@ def test_sigkill_midway_leaves_the_ledger_and_the_tables_agreeing(engine, app_db
     deadline = time.monotonic() + 60
     while not free_users() and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    kill(process)
 
     downgraded = free_users()
     assert 0 < len(downgraded) < 60
