@@ -6,13 +6,16 @@ while the jobs run, and a job must never hang on a row the app holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import time
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
-from sqlalchemy import Connection, Engine, create_engine, exc, func, select
+from sqlalchemy import Connection, Engine, create_engine, exc, func, select, text
 from sqlalchemy.engine import make_url
 
 APPLICATION_NAME = "jobs_pipeline"
@@ -77,6 +80,51 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# The advisory-lock namespace of this project's writer locks (the first of the two keys).
+WRITER_LOCK_NAMESPACE = 0x4A50_5000
+
+
+def writer_lock_key(table: str) -> tuple[int, int]:
+    return WRITER_LOCK_NAMESPACE, zlib.crc32(table.encode()) & 0x7FFF_FFFF
+
+
+def holder_name(run_id: str) -> str:
+    """The lock connection's `application_name`, which names the run to whoever waits."""
+    return f"{APPLICATION_NAME} run {run_id}"
+
+
+def holder_of(connection: Connection, key: tuple[int, int]) -> str:
+    """Who holds the lock: the run its connection names, or the session's process id."""
+    row = connection.execute(
+        text(
+            "SELECT a.application_name, a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :namespace"
+            " AND l.objid = :table_key AND l.objsubid = 2"
+        ),
+        {"namespace": key[0], "table_key": key[1]},
+    ).first()
+    connection.commit()
+    if row is None:
+        return "another run (it has just finished)"
+    name, pid = row
+    prefix = f"{APPLICATION_NAME} run "
+    return f"run {name.removeprefix(prefix)}" if name.startswith(prefix) else f"session {pid}"
+
+
+class WriterBusy(dg.Failure):
+    """Another run holds the writer lock of a table this run writes: nothing was changed."""
+
+    def __init__(self, table: str, holder: str, waited_seconds: float):
+        super().__init__(
+            description=(
+                f"Another run is writing {table}: {holder}. This run waited"
+                f" {waited_seconds:g} s for it and changed nothing; start it again once that"
+                " run has ended (a scheduled run is taken by its next tick)."
+            ),
+            allow_retries=False,
+        )
+
+
 class AppDatabase(dg.ConfigurableResource):
     """The web app's PostgreSQL (its tables are the app's; the jobs change rows only)."""
 
@@ -94,6 +142,14 @@ class AppDatabase(dg.ConfigurableResource):
     )
     max_retries: int = Field(
         default=3, ge=0, le=20, description="How often a step is retried after connection loss."
+    )
+    writer_lock_wait_seconds: float = Field(
+        default=300,
+        ge=0,
+        description=(
+            "A run that finds another run writing the same app table waits this long for it,"
+            " then fails having changed nothing."
+        ),
     )
 
     _engine: Engine | None = PrivateAttr(default=None)
@@ -136,6 +192,45 @@ class AppDatabase(dg.ConfigurableResource):
             if is_connection_loss(error):
                 raise self.retry_request() from error
             raise
+
+    @contextmanager
+    def writer_lock(self, tables: Sequence[str], run_id: str) -> Iterator[None]:
+        """Holds the database's advisory lock on each of `tables` while the block runs.
+
+        The last line of "one writer per app table", whatever started the run: the
+        queue and Dagster's pools keep apart the runs that go through the instance,
+        and this lock also holds against a run started past them (the CLI without a
+        daemon, a second deployment). It lives on a connection of its own, so it ends
+        with the run's process however that ends; the connection is never pooled again.
+        """
+        if not tables:
+            yield
+            return
+        with self.engine.connect() as connection:
+            try:
+                connection.execute(
+                    select(func.set_config("application_name", holder_name(run_id), False))
+                )
+                for table in sorted(set(tables)):
+                    self._wait_for_lock(connection, table, run_id)
+                yield
+            finally:
+                with contextlib.suppress(exc.DBAPIError):
+                    connection.invalidate()  # closing the session releases its locks
+
+    def _wait_for_lock(self, connection: Connection, table: str, run_id: str) -> None:
+        key = writer_lock_key(table)
+        give_up = time.monotonic() + self.writer_lock_wait_seconds
+        while True:
+            # Committed at once: a session-level lock outlives the transaction, and the
+            # connection must not sit idle in one while the run works.
+            taken = connection.execute(select(func.pg_try_advisory_lock(*key))).scalar_one()
+            connection.commit()
+            if taken:
+                return
+            if time.monotonic() >= give_up:
+                raise WriterBusy(table, holder_of(connection, key), self.writer_lock_wait_seconds)
+            time.sleep(min(1.0, max(give_up - time.monotonic(), 0.0)))
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -24,6 +24,7 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline.schema_migrations import require_current_schema
@@ -198,7 +199,7 @@ def deliver_pending(
     return counts
 
 
-@dg.op(name=OP_NAME)
+@dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
 def deliver_emails(
     context: dg.OpExecutionContext, config: DeliveryConfig, db: AppDatabase, mailer: Mailer
 ) -> dg.Output[JobResult]:
@@ -206,7 +207,8 @@ def deliver_emails(
     a failed send is retried later with backoff, and gives up after `max_attempts`.
     """
     report = JobReport(context, seed_name(JOB_NAME))
-    with db.retry_on_connection_loss():
+    # The outbox is the project's own table, whose claims keep senders apart: no lock.
+    with job_step(context, db, writes=(), dry_run=config.dry_run):
         if config.dry_run:
             now = db.now()
             with db.transaction() as connection:

@@ -25,10 +25,12 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.ledger import RunIdentity
 
 JOB_NAME = "global_override_check"
 OP_NAME = "clear_expired_override"
+WRITES = ("global_config",)
 OVERRIDE_KEY = "global_tier_override"
 
 # A changed value between read and delete is re-read; an admin rewriting it this
@@ -141,8 +143,8 @@ def check_once(
     if dry_run:
         report.info(f"Would clear expired override (was: {override.tier})")
         return {
-            "action": "wouldClear",
             "dryRun": True,
+            "action": "wouldClear",
             "previousTier": override.tier,
             "expiredAt": override.expires_at_text,
         }
@@ -159,7 +161,7 @@ def check_once(
     }
 
 
-@dg.op(name=OP_NAME)
+@dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def clear_expired_override(
     context: dg.OpExecutionContext, config: DryRunConfig, db: AppDatabase
 ) -> dg.Output[JobResult]:
@@ -169,7 +171,7 @@ def clear_expired_override(
     expired: deleted, `{"action": "cleared", ...}`. A value that is not
     `{"tier": free|premium|pro, "expires_at": ISO-8601}` fails the run and is kept.
     """
-    with db.retry_on_connection_loss():
+    with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
         return check_override(context, config, db)
 
 
@@ -182,7 +184,8 @@ def check_override(
     for _attempt in range(MAX_READS):
         result = check_once(db, report, now, run, dry_run=config.dry_run)
         if result is not None:
-            return report.result(result)
+            # A dry run says so even where there was nothing to clear.
+            return report.result({"dryRun": True, **result} if config.dry_run else result)
     raise dg.Failure(
         description=(
             f"global_config key '{OVERRIDE_KEY}' changed {MAX_READS} times while it was checked;"

@@ -38,11 +38,13 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity
 from jobs_pipeline.project_tables import change_ledger
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
+WRITES = ("promo_codes", "promo_redemptions")
 
 
 class PromoCleanupConfig(DryRunConfig, GuardConfig):
@@ -234,14 +236,14 @@ def dry_run(db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime)
     }
 
 
-@dg.op(name=OP_NAME)
+@dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def clean_up_promo_codes(
     context: dg.OpExecutionContext, config: PromoCleanupConfig, db: AppDatabase
 ) -> dg.Output[JobResult]:
     """Deactivates active promo codes whose `valid_until` has passed (NULL never
     expires), then deletes redemptions older than the retention (365 days by default).
     """
-    with db.retry_on_connection_loss():
+    with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
         return clean_up(context, config, db)
 
 

@@ -37,7 +37,9 @@ def iso_utc(moment: datetime) -> str:
 
 
 def result_json(result: Mapping[str, Any]) -> str:
-    return json.dumps(result, sort_keys=False, default=str)
+    """The `Result:` line's JSON; a dry run's says so first, however it was stored."""
+    first = {"dryRun": result["dryRun"]} if "dryRun" in result else {}
+    return json.dumps({**first, **result}, sort_keys=False, default=str)
 
 
 @dataclass

@@ -43,12 +43,14 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.ledger import RunIdentity
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline.schema_migrations import require_current_schema
 
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
+WRITES = ("users",)
 
 
 class TierExpirationConfig(DryRunConfig, GuardConfig):
@@ -280,7 +282,7 @@ class Downgrader:
         self.processed += len(rows)
 
 
-@dg.op(name=OP_NAME)
+@dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def downgrade_expired_tiers(
     context: dg.OpExecutionContext, config: TierExpirationConfig, db: AppDatabase
 ) -> dg.Output[JobResult]:
@@ -291,7 +293,7 @@ def downgrade_expired_tiers(
     are skipped and taken by the next run; one user's failure does not stop the
     others, but the run fails when every update failed.
     """
-    with db.retry_on_connection_loss():
+    with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
         return expire_tiers(context, config, db)
 
 

@@ -19,6 +19,7 @@ from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
 from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline.schema_migrations import require_current_schema
@@ -98,7 +99,7 @@ def count_unqueued(connection: Connection, now: datetime) -> tuple[int, int]:
     return int(three_days), int(one_day)
 
 
-@dg.op(name=OP_NAME)
+@dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
 def send_trial_reminders(
     context: dg.OpExecutionContext, config: DeliveryConfig, db: AppDatabase, mailer: Mailer
 ) -> dg.Output[JobResult]:
@@ -106,7 +107,8 @@ def send_trial_reminders(
     once per user and trial end, skipping paying users, then delivers the outbox.
     """
     report = JobReport(context, seed_name(JOB_NAME))
-    with db.retry_on_connection_loss():
+    # The outbox is the project's own table, whose claims keep senders apart: no lock.
+    with job_step(context, db, writes=(), dry_run=config.dry_run):
         now = db.now()
         with db.transaction() as connection:
             require_current_schema(connection)

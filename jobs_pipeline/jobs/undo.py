@@ -23,6 +23,7 @@ from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
 from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags
+from jobs_pipeline.jobs.writers import job_step
 from jobs_pipeline.ledger import UNDO_WINDOW_DAYS
 from jobs_pipeline.project_tables import change_ledger
 from jobs_pipeline.schema_migrations import require_current_schema
@@ -43,12 +44,6 @@ class UndoConfig(dg.Config):
     run_id: str = Field(description="The run whose changes to take back.")
     dry_run: bool = False
     undo_window_days: int = Field(default=UNDO_WINDOW_DAYS, ge=1, le=UNDO_WINDOW_DAYS)
-
-
-@dataclass
-class TableOutcome:
-    restored: list[str]
-    recorded: int
 
 
 @dataclass(frozen=True)
@@ -227,6 +222,17 @@ def undo_changes(
     """Takes back what one run changed, row by row, where the row still holds what the
     run wrote; rows changed since are left alone and listed.
     """
+    with db.transaction() as connection:
+        require_current_schema(connection)
+        tables = sorted(kinds_of_change(connection, config.run_id))
+    # The same writer locks as the jobs whose rows it puts back.
+    with job_step(context, db, writes=tables, dry_run=config.dry_run):
+        return undo_recorded_changes(context, config, db)
+
+
+def undo_recorded_changes(
+    context: dg.OpExecutionContext, config: UndoConfig, db: AppDatabase
+) -> dg.Output[JobResult]:
     report = JobReport(context, seed_name(JOB_NAME))
     now = db.now()
     with db.engine.connect() as connection:
@@ -254,8 +260,8 @@ def undo_changes(
     report.end_rows("rows left alone")
     return report.result(
         {
-            "undoneRun": config.run_id,
             "dryRun": config.dry_run,
+            "undoneRun": config.run_id,
             "restored": len(restored),
             "leftAlone": len(left),
             "timestamp": iso_utc(now),
