@@ -1,22 +1,27 @@
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from jobs_pipeline.app_tables import shots, user_discipline_stats, users
-from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.database import AppDatabase, writer_lock_key
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     ALL_SHARDS_TAGS,
+    ASSET_KEY,
     SHARD_COUNT,
     STAT_COLUMNS,
     Scope,
     shard_of,
+    user_discipline_stats_asset,
     user_shard,
     user_shards,
 )
-from jobs_pipeline.launch import failure_message, op_config_for
+from jobs_pipeline.jobs.writers import DRY_RUN_TAG
+from jobs_pipeline.launch import op_config_for
 from jobs_pipeline_tests.app_data import add_user, db_now
 from jobs_pipeline_tests.journal_data import (
     as_records,
@@ -24,7 +29,7 @@ from jobs_pipeline_tests.journal_data import (
     make_journals,
     stored_stats,
 )
-from jobs_pipeline_tests.running import job_result, log_messages
+from jobs_pipeline_tests.running import failure_message, job_result, log_messages
 
 rollup_job = defs.resolve_job_def("discipline_stats_rollup")
 
@@ -52,6 +57,63 @@ def stats_user_ids(engine) -> set[uuid.UUID]:
         return set(c.execute(select(user_discipline_stats.c.user_id)).scalars())
 
 
+NO_PARTITION: dict[str, str] = {}  # the Launchpad's run with no shard chosen
+SOME_SHARDS = {
+    "dagster/asset_partition_range_start": "03",
+    "dagster/asset_partition_range_end": "05",
+}
+IN_STEP_CHECKS = {
+    "honored_plus_ignored_within_total",
+    "abort_counts_within_targets",
+    "every_user_has_a_row",
+}
+Counts = tuple[int, int]  # (usersUpdated, shotsCounted)
+
+
+def oracle_counts_by_shard(engine: Engine, shards: Sequence[str]) -> dict[str, Counts]:
+    """Each shard's users and shots, from the pandas oracle and Python's `shard_of`:
+    computed apart from the rollup's SQL.
+    """
+    counts = dict.fromkeys(shards, (0, 0))
+    for user_id, total_shots in expected_stats(engine)["total_shots"].items():
+        if shard_of(user_id) in counts:
+            users_so_far, shots_so_far = counts[shard_of(user_id)]
+            counts[shard_of(user_id)] = (users_so_far + 1, shots_so_far + int(total_shots))
+    return counts
+
+
+def recorded_counts_by_shard(execution: dg.ExecuteInProcessResult) -> dict[str, Counts]:
+    """Each materialization's own counts, by partition; one materialization per shard."""
+    materializations = [
+        event.step_materialization_data.materialization
+        for event in execution.get_asset_materialization_events()
+    ]
+    counts = {str(m.partition): counts_of(m.metadata) for m in materializations}
+    assert len(counts) == len(materializations)
+    return counts
+
+
+def counts_of(metadata: Mapping[str, Any]) -> Counts:
+    return int(metadata["usersUpdated"].value), int(metadata["shotsCounted"].value)
+
+
+def latest_counts(instance: dg.DagsterInstance, shard: str) -> Counts:
+    """What the asset's page shows for a shard: its latest materialization's counts."""
+    (record,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=ASSET_KEY, asset_partitions=[shard]), limit=1
+    ).records
+    assert record.asset_materialization is not None
+    return counts_of(record.asset_materialization.metadata)
+
+
+def materialization_count(instance: dg.DagsterInstance, run_id: str) -> int:
+    return sum(
+        1
+        for record in instance.all_logs(run_id)
+        if record.dagster_event is not None and record.dagster_event.is_step_materialization
+    )
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_matches_an_oracle_computed_from_the_raw_tables(engine, db, instance, seed):
     make_journals(engine, seed)
@@ -74,15 +136,14 @@ def test_one_run_materializes_every_shard_and_passes_its_checks(engine, db, inst
     materializations = execution.get_asset_materialization_events()
     assert sorted(str(m.partition) for m in materializations) == user_shards.get_partition_keys()
     metadata = materializations[0].step_materialization_data.materialization.metadata
-    assert {"usersUpdated", "shotsCounted", "seconds"} <= set(metadata)
+    assert set(metadata) == {"usersUpdated", "shotsCounted", "scope"}
+    assert metadata["scope"].value == "all 16 shards"
+    # Evaluated in the asset's own step; the freshness check is its sensor's (the asset's
+    # output is skipped, so the run skips that step).
     checks = execution.get_asset_check_evaluations()
-    assert {c.check_name for c in checks} == {
-        "honored_plus_ignored_within_total",
-        "abort_counts_within_targets",
-        "every_user_has_a_row",
-        "freshness_check",
-    }
+    assert {c.check_name for c in checks} == IN_STEP_CHECKS
     assert all(c.passed for c in checks)
+    assert all(c.asset_key == ASSET_KEY for c in checks)
     messages = log_messages(instance, execution)
     assert any(
         m.startswith("[discipline-stats-rollup] Updated stats for 60 users") for m in messages
@@ -90,13 +151,86 @@ def test_one_run_materializes_every_shard_and_passes_its_checks(engine, db, inst
     assert any(m.startswith("[discipline-stats-rollup] Result: {") for m in messages)
 
 
-def test_the_event_count_does_not_grow_with_users(engine, db, instance):
-    make_journals(engine, seed=11, user_count=10)
-    small = run_rollup(db, instance)
-    make_journals(engine, seed=12, user_count=300)
-    large = run_rollup(db, instance)
+def test_each_shard_records_its_own_counts(engine, db, instance):
+    make_journals(engine, seed=21, user_count=120)
+    shards = user_shards.get_partition_keys()
 
+    execution = run_rollup(db, instance)
+
+    assert execution.success
+    expected = oracle_counts_by_shard(engine, shards)
+    assert len(set(expected.values())) > 1  # shards differ, or the test proves nothing
+    assert recorded_counts_by_shard(execution) == expected
+    result = job_result(execution)
+    assert result["usersUpdated"] == sum(users for users, _ in expected.values()) == 120
+    assert result["shotsCounted"] == sum(shots for _, shots in expected.values())
+
+
+def test_a_range_records_exactly_its_shards_with_their_own_counts(engine, db):
+    make_journals(engine, seed=22, user_count=120)
+
+    with dg.instance_for_test() as fresh_instance:
+        execution = run_rollup(db, fresh_instance, tags=SOME_SHARDS)
+
+        assert execution.success
+        expected = oracle_counts_by_shard(engine, ["03", "04", "05"])
+        assert recorded_counts_by_shard(execution) == expected
+        # The events count for the partitions: the asset's partition status and records.
+        assert fresh_instance.get_materialized_partitions(ASSET_KEY) == {"03", "04", "05"}
+        assert {shard: latest_counts(fresh_instance, shard) for shard in expected} == expected
+    result = job_result(execution)
+    assert (result["usersUpdated"], result["shotsCounted"]) == tuple(
+        map(sum, zip(*expected.values(), strict=True))
+    )
+
+
+def test_a_run_with_no_partition_recomputes_every_shard(engine, db):
+    user_ids = make_journals(engine, seed=23, user_count=90)
+
+    with dg.instance_for_test() as fresh_instance:
+        execution = run_rollup(db, fresh_instance, tags=NO_PARTITION)
+
+        assert execution.success
+        run = fresh_instance.get_run_by_id(execution.run_id)
+        assert run is not None and not [key for key in run.tags if "partition" in key]
+        expected = oracle_counts_by_shard(engine, user_shards.get_partition_keys())
+        assert recorded_counts_by_shard(execution) == expected
+        assert fresh_instance.get_materialized_partitions(ASSET_KEY) == set(expected)
+        assert {shard: latest_counts(fresh_instance, shard) for shard in expected} == expected
+    assert stats_user_ids(engine) == set(user_ids)
+    assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))
+    assert job_result(execution)["usersUpdated"] == 90
+    checks = execution.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} == IN_STEP_CHECKS and all(c.passed for c in checks)
+
+
+def test_a_run_with_no_partition_can_refresh_one_user(engine, db, instance):
+    user_ids = make_journals(engine, seed=24, user_count=40)
+    target = user_ids[5]
+
+    execution = run_rollup(db, instance, tags=NO_PARTITION, user=str(target))
+
+    assert execution.success
+    assert stats_user_ids(engine) == {target}
+    assert recorded_counts_by_shard(execution) == {
+        shard_of(target): (1, int(expected_stats(engine).loc[target, "total_shots"]))
+    }
+
+
+@pytest.mark.parametrize("tags", [ALL_SHARDS_TAGS, NO_PARTITION], ids=["all-shards", "none"])
+def test_the_event_count_does_not_grow_with_users(engine, db, instance, tags):
+    make_journals(engine, seed=11, user_count=10)
+    small = run_rollup(db, instance, tags=tags)
+    make_journals(engine, seed=12, user_count=300)
+    large = run_rollup(db, instance, tags=tags)
+
+    assert small.success and large.success
+    assert job_result(large)["usersUpdated"] == 310
     assert len(instance.all_logs(small.run_id)) == len(instance.all_logs(large.run_id))
+    # Shards with no users (ten users leave some empty) still get theirs, with zeros.
+    assert materialization_count(instance, small.run_id) == SHARD_COUNT
+    assert materialization_count(instance, large.run_id) == SHARD_COUNT
+    assert (0, 0) in recorded_counts_by_shard(small).values()
 
 
 def test_every_user_lies_in_exactly_one_shard_and_sql_agrees_with_python(engine):
@@ -214,7 +348,33 @@ def test_dry_run_reports_changes_nothing_and_materializes_nothing(engine, db, in
     assert as_records(stored_stats(engine)) == before
     assert execution.get_asset_materialization_events() == []
     result = job_result(execution)
+    assert next(iter(result)) == "dryRun"
     assert (result["dryRun"], result["wouldUpdate"], result["wouldChange"]) == (True, 30, 4)
+    run = instance.get_run_by_id(execution.run_id)
+    assert run is not None and run.tags[DRY_RUN_TAG] == "true"
+
+
+def test_the_rollup_writes_in_its_tables_pool(engine, db):
+    assert user_discipline_stats_asset.op.pool == "writes_user_discipline_stats"
+
+
+def test_a_real_run_waits_for_the_writer_lock_and_a_dry_run_does_not(engine, db, instance):
+    make_journals(engine, seed=25, user_count=20)
+    impatient = AppDatabase(url=db.url, retry_delay_seconds=0.1, writer_lock_wait_seconds=0)
+    key = writer_lock_key("user_discipline_stats")
+    with engine.connect() as holder:
+        holder.execute(select(func.pg_advisory_lock(*key)))
+        holder.commit()
+        blocked = run_rollup(impatient, instance)
+        dry = run_rollup(impatient, instance, dry_run=True)
+        holder.execute(select(func.pg_advisory_unlock(*key)))
+        holder.commit()
+
+    assert not blocked.success
+    assert failure_message(blocked).startswith("Another run is writing user_discipline_stats")
+    assert blocked.get_asset_materialization_events() == []
+    assert stats_user_ids(engine) == set()
+    assert dry.success and job_result(dry)["wouldUpdate"] == 20
 
 
 def test_the_checks_catch_an_inconsistent_table(engine, db, instance):
@@ -242,7 +402,8 @@ def test_the_checks_catch_an_inconsistent_table(engine, db, instance):
     }
 
 
-def test_the_freshness_check_allows_26_hours(engine, db, instance):
+@pytest.mark.parametrize("tags", [ALL_SHARDS_TAGS, NO_PARTITION], ids=["all-shards", "none"])
+def test_the_freshness_check_allows_26_hours(engine, db, tags):
     (freshness_check,) = [c for c in defs.asset_checks or [] if "freshness" in str(c.check_keys)]
     checks_job = dg.define_asset_job(
         "freshness", selection=dg.AssetSelection.checks(freshness_check)
@@ -259,7 +420,7 @@ def test_the_freshness_check_allows_26_hours(engine, db, instance):
         assert stale.passed is False
 
         make_journals(engine, seed=18, user_count=5)
-        run_rollup(db, fresh_instance)
+        assert run_rollup(db, fresh_instance, tags=tags).success
         after = check_defs.resolve_job_def("freshness").execute_in_process(instance=fresh_instance)
         (fresh,) = after.get_asset_check_evaluations()
         assert fresh.passed is True

@@ -9,11 +9,19 @@ Users are split into 16 hash shards (the low 4 bits of the id's last byte, which
 random in UUIDv4 and UUIDv7 alike). The shards are the asset's partitions: a run
 materializes any set of them in one go, so Dagster records 16 events a day however
 many users there are, and operators can still backfill a slice of users from the UI.
+A run launched with no partition (the Launchpad with none chosen) covers every shard,
+as the schedule's run does.
+
+The one statement's written rows are counted per shard in SQL, and each shard gets a
+materialization of its own with its own counts (one `MaterializeResult` for a range
+would stamp the whole run's counts on every shard of the asset's Partitions plots).
+The run's totals, the `Result:` line, are recorded as an observation of the asset.
 """
 
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,9 +52,11 @@ from jobs_pipeline.jobs.reporting import (
     seed_name,
 )
 from jobs_pipeline.jobs.scheduling import job_tags
+from jobs_pipeline.jobs.writers import job_step, writer_pool
 
 JOB_NAME = "discipline_stats_rollup"
 ASSET_KEY = dg.AssetKey("user_discipline_stats")
+WRITES = ("user_discipline_stats",)
 SHARD_COUNT = 16
 
 user_shards = dg.StaticPartitionsDefinition([f"{shard:02d}" for shard in range(SHARD_COUNT)])
@@ -98,6 +108,8 @@ class Scope:
     def describe(self) -> str:
         if self.user_id is not None:
             return f"user {self.user_id}"
+        if len(self.shards) == SHARD_COUNT:
+            return f"all {SHARD_COUNT} shards"
         return f"shards {', '.join(self.shards)}"
 
     def covers(self, user_id: ColumnElement[uuid.UUID]) -> ColumnElement[bool]:
@@ -162,19 +174,37 @@ def computed_stats(scope: Scope, now: datetime) -> Select[Any]:
     )
 
 
-def upsert_stats(connection: Connection, scope: Scope, now: datetime) -> tuple[int, int]:
-    """Writes every in-scope user's row in one statement; returns (users, shots counted)."""
+@dataclass(frozen=True)
+class ShardCounts:
+    """What a run wrote in one shard: that shard's point on the asset's Partitions plots."""
+
+    users_updated: int = 0
+    shots_counted: int = 0
+
+
+def upsert_stats(connection: Connection, scope: Scope, now: datetime) -> dict[str, ShardCounts]:
+    """Writes every in-scope user's row in one statement; returns each scope shard's counts.
+
+    The written rows are counted per shard inside the same statement, so per-shard
+    numbers cost neither a round trip per user nor the rows' trip to Python. A shard
+    of the scope with no users is there too, with zeros.
+    """
     columns = ["user_id", *STAT_COLUMNS, "updated_at"]
     insert = pg_insert(user_discipline_stats).from_select(columns, computed_stats(scope, now))
     upsert = insert.on_conflict_do_update(
         index_elements=[user_discipline_stats.c.user_id],
         set_={name: insert.excluded[name] for name in [*STAT_COLUMNS, "updated_at"]},
-    ).returning(user_discipline_stats.c.total_shots)
+    ).returning(user_discipline_stats.c.user_id, user_discipline_stats.c.total_shots)
     written = upsert.cte("written")
-    users_updated, shots_counted = connection.execute(
-        select(func.count(), func.coalesce(func.sum(written.c.total_shots), 0))
-    ).one()
-    return int(users_updated), int(shots_counted)
+    shard = user_shard(written.c.user_id).label("shard")
+    per_shard = select(
+        shard, func.count(), func.coalesce(func.sum(written.c.total_shots), 0)
+    ).group_by(shard)
+    counted = {
+        f"{number:02d}": ShardCounts(int(users_updated), int(shots_counted))
+        for number, users_updated, shots_counted in connection.execute(per_shard)
+    }
+    return {key: counted.get(key, ShardCounts()) for key in scope.shards}
 
 
 def count_stale_rows(connection: Connection, scope: Scope, now: datetime) -> tuple[int, int]:
@@ -304,10 +334,21 @@ def prepare_transaction(connection: Connection, config: RollupConfig) -> None:
     )
 
 
+def run_shards(context: dg.AssetExecutionContext) -> tuple[str, ...]:
+    """The shards the run covers: those it was launched for, else every one.
+
+    A run launched with no partition (the Launchpad with none chosen) has no partition
+    keys at all; it recomputes every shard, as the schedule's run over all of them does.
+    """
+    if context.has_partition_key or context.has_partition_key_range:
+        return tuple(context.partition_keys)
+    return tuple(user_shards.get_partition_keys())
+
+
 def resolve_scope(
     context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase
 ) -> Scope:
-    shards = tuple(context.partition_keys)
+    shards = run_shards(context)
     if config.user is None:
         return Scope(shards=shards)
     with db.transaction() as connection:
@@ -335,10 +376,13 @@ def resolve_scope(
                 "Per-user discipline statistics: shots through aims to the user's targets,"
                 " stop-loss and profit-target honored/ignored (NULL counts in the total only),"
                 " abort triggers honored (abort_triggered) and ignored (a trigger set, not"
-                " triggered). Every user has a row, zeros without targets."
+                " triggered). Every user has a row, zeros without targets. Each shard's"
+                " materialization records that shard's usersUpdated and shotsCounted (and the"
+                " run's scope); the run's totals (result, seconds) are an observation."
             ),
             partitions_def=user_shards,
-            # A dry run reads and reports, and records no materialization.
+            # The output is never yielded: a run records each shard's materialization
+            # itself, with that shard's counts; a dry run records none.
             skippable=True,
             group_name="discipline",
             kinds={"postgres"},
@@ -350,12 +394,13 @@ def resolve_scope(
     ],
     partitions_def=user_shards,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=writer_pool(WRITES[0]),
 )
 def user_discipline_stats_asset(
     context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase
 ) -> Any:
     """Recomputes the statistics of every user in the run's shards in one statement."""
-    with db.retry_on_connection_loss():
+    with job_step(context.op_execution_context, db, writes=WRITES, dry_run=config.dry_run):
         yield from roll_up(context, config, db)
 
 
@@ -371,20 +416,48 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
         yield from evaluate_checks(db, scope)
         return
     started = time.monotonic()
-    users_updated, shots_counted = upsert_while_users_come_and_go(db, config, scope, now, report)
-    report.info(f"Updated stats for {users_updated} users ({scope.describe()})")
-    result = {
-        "usersUpdated": users_updated,
-        "shotsCounted": shots_counted,
-        "seconds": round(time.monotonic() - started, 3),
+    per_shard = upsert_while_users_come_and_go(db, config, scope, now, report)
+    result = run_totals(per_shard, time.monotonic() - started, now)
+    report.info(f"Updated stats for {result['usersUpdated']} users ({scope.describe()})")
+    report.log_result(result)
+    for materialization in shard_materializations(per_shard, scope):
+        context.log_event(materialization)
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=ASSET_KEY,
+            metadata={**result_metadata(result), "scope": dg.MetadataValue.text(scope.describe())},
+        )
+    )
+    yield from evaluate_checks(db, scope)
+
+
+def run_totals(per_shard: Mapping[str, ShardCounts], seconds: float, now: datetime) -> JobResult:
+    """The run's result: the operators' `Result:` line and what `launch.result_of` reads."""
+    return {
+        "usersUpdated": sum(counts.users_updated for counts in per_shard.values()),
+        "shotsCounted": sum(counts.shots_counted for counts in per_shard.values()),
+        "seconds": round(seconds, 3),
         "timestamp": iso_utc(now),
     }
-    report.log_result(result)
-    yield dg.MaterializeResult(
-        asset_key=ASSET_KEY,
-        metadata={**result_metadata(result), "scope": dg.MetadataValue.text(scope.describe())},
-        check_results=evaluate_checks(db, scope),
-    )
+
+
+def shard_materializations(
+    per_shard: Mapping[str, ShardCounts], scope: Scope
+) -> Iterator[dg.AssetMaterialization]:
+    """One per shard with that shard's own counts, so the asset's Partitions plots show
+    each shard's numbers; at most 16 events whatever the number of users. They carry no
+    `result` entry: the run's totals are the observation's, which `launch.result_of` reads.
+    """
+    for shard, counts in per_shard.items():
+        yield dg.AssetMaterialization(
+            asset_key=ASSET_KEY,
+            partition=shard,
+            metadata={
+                "usersUpdated": dg.MetadataValue.int(counts.users_updated),
+                "shotsCounted": dg.MetadataValue.int(counts.shots_counted),
+                "scope": dg.MetadataValue.text(scope.describe()),
+            },
+        )
 
 
 # A user the app deletes while the statement runs fails its foreign key; the
@@ -395,7 +468,7 @@ ATTEMPTS_WHILE_USERS_ARE_DELETED = 3
 
 def upsert_while_users_come_and_go(
     db: AppDatabase, config: RollupConfig, scope: Scope, now: datetime, report: JobReport
-) -> tuple[int, int]:
+) -> dict[str, ShardCounts]:
     for attempt in range(1, ATTEMPTS_WHILE_USERS_ARE_DELETED + 1):
         try:
             with db.transaction() as connection:
