@@ -14,17 +14,20 @@ log goes to stderr.
 
 import argparse
 import contextlib
+import getpass
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from jobs_pipeline.embedded import PROJECT_ROOT, fill_environment, state_dir
+from jobs_pipeline.embedded import PROJECT_ROOT, fill_environment
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -81,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     api = commands.add_parser("admin-api", help="serve the admin HTTP API")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8088, help="port (default 8088)")
+    api.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=30.0,
+        help="how long a request waits for its run before answering 202 (default 30)",
+    )
     return parser
 
 
@@ -108,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "why":
             return command_why(args.user)
         if args.command == "admin-api":
-            return command_admin_api(args.host, args.port)
+            return command_admin_api(args.host, args.port, args.wait_seconds)
     except UsageError as error:
         print(f"jobs-pipeline: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -152,20 +161,14 @@ def check_reachable(engine: Any) -> None:
 
 
 def command_run(job: str, *, dry_run: bool, user: str | None, allow_large: bool = False) -> int:
-    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.jobs.reporting import result_json, seed_name
-    from jobs_pipeline.launch import LaunchError, plan_launch, run_now
-    from jobs_pipeline.schema_migrations import upgrade
+    from jobs_pipeline.jobs.reporting import seed_name
+    from jobs_pipeline.launch import LaunchError, plan_launch
 
     job_name = resolve_job_name(job)
     job_def = defs.resolve_job_def(job_name)
-    environment = fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
-    if environment.app_is_embedded:
-        # A fresh checkout's embedded database gets the schema, not demo data.
-        prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=False)
-        upgrade(os.environ["DATABASE_URL"])
+    prepare_app_database(schema=True)
     try:
         app_engine = create_app_engine(os.environ["DATABASE_URL"])
     except ValueError as error:
@@ -184,13 +187,87 @@ def command_run(job: str, *, dry_run: bool, user: str | None, allow_large: bool 
         return EXIT_FAILED
     finally:
         app_engine.dispose()
-    outcome = run_now(job_def, plan, triggered_by="cli")
-    name = seed_name(job_name)
+    return start_and_report(job_def, plan)
+
+
+def prepare_app_database(*, schema: bool) -> None:
+    """`DATABASE_URL` (the embedded database when unset, its project schema current), then
+    the instance runs are recorded in: `DAGSTER_HOME`'s, or dev's for the same database.
+    """
+    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+    from jobs_pipeline.launch import adopt_dev_instance
+    from jobs_pipeline.schema_migrations import upgrade
+
+    environment = fill_environment(dagster_storage=False)
+    if environment.app_is_embedded and schema:
+        # A fresh checkout's embedded database gets the schema, not demo data.
+        prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=False)
+        upgrade(os.environ["DATABASE_URL"])
+    if adopt_dev_instance(os.environ["DATABASE_URL"]) is not None:
+        fill_environment(dagster_storage=True)
+
+
+def start_and_report(job: Any, plan: Any) -> int:
+    """Starts the run through the instance (its queue when a daemon serves it), says
+    where on stderr, waits for it and prints its `Result:` line on stdout.
+    """
+    from jobs_pipeline.jobs.reporting import result_json, seed_name
+    from jobs_pipeline.launch import open_instance
+
+    name = seed_name(job.name)
+    with open_instance() as instance:
+        outcome = start_run(instance, job, plan, name)
+    if outcome is None:
+        return EXIT_FAILED
     if not outcome.success:
         print(f"[{name}] Failed (run {outcome.run_id}): {outcome.error}", file=sys.stderr)
         return EXIT_FAILED
     print(f"[{name}] Result: {result_json(outcome.result or {})}")
     return 0
+
+
+def start_run(instance: Any, job: Any, plan: Any, name: str) -> Any:
+    import uuid
+
+    from jobs_pipeline.launch import RunQueue, daemon_serves, execute_here, wait_for_outcome
+
+    who = f"cli:{getpass.getuser()}"
+    if not daemon_serves(instance):
+        where = (
+            "the temporary instance (no history; DAGSTER_HOME is unset)"
+            if instance.is_ephemeral
+            else f"the instance in {os.environ['DAGSTER_HOME']}"
+        )
+        run_id = str(uuid.uuid4())
+        print(
+            f"[{name}] Run {run_id}: no Dagster daemon serves {where}, so it runs in this"
+            " process; the database's writer lock keeps it from any other run writing the"
+            f" same tables{run_link(instance, run_id)}",
+            file=sys.stderr,
+        )
+        return execute_here(instance, job, plan, triggered_by=who, run_id=run_id)
+    with RunQueue(instance) as queue:
+        run_id = queue.submit(job.name, plan, triggered_by=who)
+        print(
+            f"[{name}] Run {run_id} queued on the instance in {os.environ['DAGSTER_HOME']};"
+            f" waiting for it{run_link(instance, run_id)}",
+            file=sys.stderr,
+        )
+        try:
+            return wait_for_outcome(instance, run_id)
+        except KeyboardInterrupt:
+            if queue.cancel_if_queued(run_id):
+                print(f"[{name}] Run {run_id} taken off the queue", file=sys.stderr)
+            else:
+                print(f"[{name}] Run {run_id} goes on in the deployment", file=sys.stderr)
+            return None
+
+
+def run_link(instance: Any, run_id: str) -> str:
+    if instance.is_ephemeral:
+        return ""
+    base = os.environ.get("DAGSTER_WEBSERVER_URL") or "http://127.0.0.1:3000"
+    return f" ({base.rstrip('/')}/runs/{run_id})"
 
 
 # -- list --------------------------------------------------------------------------------
@@ -202,6 +279,7 @@ def command_list() -> int:
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.jobs.reporting import seed_name
 
+    prepare_app_database(schema=False)
     has_history = bool(os.environ.get("DAGSTER_HOME"))
     if has_history:
         fill_environment(dagster_storage=True)
@@ -221,7 +299,10 @@ def command_list() -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     if not has_history:
-        print("(last runs are read from the instance in DAGSTER_HOME, which is not set)")
+        print(
+            "(last runs are read from the instance in DAGSTER_HOME, or from `jobs-pipeline dev`'s;"
+            " neither is there)"
+        )
     return 0
 
 
@@ -291,21 +372,15 @@ def command_db_upgrade() -> int:
 
 def command_undo(run_id: str, *, dry_run: bool) -> int:
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.jobs.reporting import result_json, seed_name
     from jobs_pipeline.jobs.undo import JOB_NAME, OP_NAME
-    from jobs_pipeline.launch import LaunchPlan, run_now
+    from jobs_pipeline.launch import DRY_RUN_TAG, LaunchPlan
 
     project_engine().dispose()  # the schema is there and current
     plan = LaunchPlan(
-        run_config={"ops": {OP_NAME: {"config": {"run_id": run_id.strip(), "dry_run": dry_run}}}}
+        run_config={"ops": {OP_NAME: {"config": {"run_id": run_id.strip(), "dry_run": dry_run}}}},
+        tags={DRY_RUN_TAG: "true"} if dry_run else {},
     )
-    outcome = run_now(defs.resolve_job_def(JOB_NAME), plan, triggered_by="cli")
-    name = seed_name(JOB_NAME)
-    if not outcome.success:
-        print(f"[{name}] Failed (run {outcome.run_id}): {outcome.error}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"[{name}] Result: {result_json(outcome.result or {})}")
-    return 0
+    return start_and_report(defs.resolve_job_def(JOB_NAME), plan)
 
 
 def command_why(id_or_email: str) -> int:
@@ -345,15 +420,11 @@ def command_why(id_or_email: str) -> int:
 
 def project_engine() -> Any:
     """The app database, its project schema current (upgraded when it is the embedded one)."""
-    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.database import create_app_engine
-    from jobs_pipeline.schema_migrations import require_current_schema, upgrade
+    from jobs_pipeline.schema_migrations import require_current_schema
 
-    environment = fill_environment(dagster_storage=bool(os.environ.get("DAGSTER_HOME")))
+    prepare_app_database(schema=True)
     url = os.environ["DATABASE_URL"]
-    if environment.app_is_embedded:
-        prepare_embedded_app_database(url, demo_data_when_empty=False)
-        upgrade(url)
     try:
         engine = create_app_engine(url)
     except ValueError as error:
@@ -398,14 +469,25 @@ def command_token_revoke(token_id: int) -> int:
     return 0
 
 
-def command_admin_api(host: str, port: int) -> int:
+def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
     import uvicorn
 
     from jobs_pipeline.admin_api import create_app
+    from jobs_pipeline.launch import open_instance
 
     engine = project_engine()
+    if not os.environ.get("DAGSTER_HOME"):
+        engine.dispose()
+        raise UsageError(
+            "the admin API starts runs on a Dagster instance's queue: set DAGSTER_HOME"
+            " (README: Deploying), or start `jobs-pipeline dev` first and use its instance"
+        )
+    fill_environment(dagster_storage=True)
     try:
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+        with open_instance() as instance:
+            app = create_app(engine, instance, wait_seconds=wait_seconds)
+            # In-flight requests get a few seconds after SIGTERM; their runs go on.
+            uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         engine.dispose()
     return 0
@@ -416,10 +498,12 @@ def command_admin_api(host: str, port: int) -> int:
 
 def prepare_dagster_home() -> Path:
     """`$DAGSTER_HOME`, or a project-local one holding the project's dagster.yaml."""
+    from jobs_pipeline.launch import dev_home
+
     configured = os.environ.get("DAGSTER_HOME")
     if configured:
         return Path(configured)
-    home = state_dir() / "dagster_home"
+    home = dev_home()
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
@@ -428,24 +512,53 @@ def prepare_dagster_home() -> Path:
 
 def command_dev(host: str, port: int) -> int:
     from jobs_pipeline.app_database_setup import prepare_embedded_app_database
+    from jobs_pipeline.launch import open_instance, record_served_database
     from jobs_pipeline.schema_migrations import upgrade
 
     environment = fill_environment(dagster_storage=True)
+    app_url = os.environ["DATABASE_URL"]
     if environment.app_is_embedded:
-        made = prepare_embedded_app_database(os.environ["DATABASE_URL"], demo_data_when_empty=True)
+        made = prepare_embedded_app_database(app_url, demo_data_when_empty=True)
         if made:
             print(f"jobs-pipeline: demo data: {made} users", file=sys.stderr)
     # The project's own schema, in the embedded database or the one DATABASE_URL names.
-    upgrade(os.environ["DATABASE_URL"])
+    upgrade(app_url)
     home = prepare_dagster_home()
+    # `run`, `undo` and `list` find this instance when they use the same app database.
+    record_served_database(home, app_url)
+    with open_instance():
+        pass  # creates the storage's tables and the pools' limits before the daemon runs
     workspace = PROJECT_ROOT / "workspace.yaml"
     target = ["-w", str(workspace)] if workspace.exists() else ["-m", "jobs_pipeline.definitions"]
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", *target, "-h", host, "-p", str(port)]
     print(
-        f"jobs-pipeline: Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})", file=sys.stderr
+        f"jobs-pipeline: Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})\n"
+        f"jobs-pipeline: app database {printable_url(app_url)}\n"
+        f"jobs-pipeline:   psql {shlex.quote(libpq_url(app_url))}\n"
+        "jobs-pipeline: stop with Ctrl-C (or SIGTERM): the UI, the daemon and the"
+        " embedded database stop with it",
+        file=sys.stderr,
     )
     return supervise(command, cwd=PROJECT_ROOT if workspace.exists() else Path.cwd())
+
+
+def printable_url(url: str) -> str:
+    """A database URL with its password, if any, replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def libpq_url(url: str) -> str:
+    """What `psql` takes: the URL without SQLAlchemy's driver or the password."""
+    from sqlalchemy.engine import URL, make_url
+
+    parsed = make_url(url)
+    bare = URL.create(
+        "postgresql", parsed.username, None, parsed.host, parsed.port, parsed.database, parsed.query
+    )
+    return urllib.parse.unquote(bare.render_as_string())
 
 
 def supervise(command: list[str], cwd: Path) -> int:
@@ -461,7 +574,7 @@ def supervise(command: list[str], cwd: Path) -> int:
 
     child = subprocess.Popen(command, cwd=cwd, start_new_session=True, preexec_fn=reset_signals)  # noqa: S603
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGTERM)
 

@@ -1,16 +1,45 @@
-"""Running a job in-process and reading its outcome: shared by the CLI and tests.
+"""Starting a job and reading its outcome: shared by the CLI and the admin API.
 
-A job's result is read back from the `result` output metadata its op recorded,
-so whoever launched the run sees exactly what the Dagster UI shows.
+Every start goes through the one Dagster instance. Where a daemon serves it, the run
+is submitted to its queue, as a schedule's or the UI's would be, and so waits for its
+job's turn (`job_lock`), its table's pool and its priority, and is stopped at its
+`dagster/max_runtime`; a run worker process of the deployment executes it. Where no
+daemon serves the instance (the CLI on a bare database), the run executes in the
+calling process on that instance: the pools still keep it from writing a table
+another run of the instance writes, and the database's writer lock keeps it from any
+other writer. Either way a run's result is read back from the `result` metadata its
+step recorded, so whoever started it sees exactly what the Dagster UI shows.
 """
 
+from __future__ import annotations
+
+import contextlib
 import os
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from jobs_pipeline.embedded import state_dir
+from jobs_pipeline.jobs.writers import DRY_RUN_TAG
+
+DEFINITIONS_MODULE = "jobs_pipeline.definitions"
+# The code location's name in every workspace (workspace.yaml, a deployment's).
+LOCATION_NAME = "jobs_pipeline"
+TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
+PARTITION_TAG = "dagster/partition"
+
+# The queue's daemon writes a heartbeat every 30 s or so; one older than this is a
+# daemon that is not running.
+DAEMON_HEARTBEAT_FRESH_SECONDS = 90
+QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+POLL_SECONDS = 0.5
 
 
 class LaunchError(ValueError):
@@ -19,11 +48,10 @@ class LaunchError(ValueError):
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """What to hand `execute_in_process` (or a run request) for one launch."""
+    """What a run of one job is started with: its run config and its tags."""
 
     run_config: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)
-    partition_key: str | None = None
 
 
 def plan_launch(
@@ -40,6 +68,7 @@ def plan_launch(
     from jobs_pipeline.jobs.discipline_stats_rollup import find_user, shard_of
 
     extra: dict[str, Any] = {}
+    tags = {DRY_RUN_TAG: "true"} if dry_run else {}
     if allow_large:
         if not takes_option(job, "allow_large"):
             raise LaunchError(
@@ -57,18 +86,13 @@ def plan_launch(
                 raise LaunchError(str(missing)) from None
         return LaunchPlan(
             run_config=op_config_for(job, dry_run=dry_run, user=str(user_id), **extra),
-            partition_key=shard_of(user_id),
+            tags={**tags, PARTITION_TAG: shard_of(user_id)},
         )
-    plan = LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra))
     if job.partitions_def is not None:
         keys = job.partitions_def.get_partition_keys()
-        plan.tags.update(
-            {
-                "dagster/asset_partition_range_start": keys[0],
-                "dagster/asset_partition_range_end": keys[-1],
-            }
-        )
-    return plan
+        tags["dagster/asset_partition_range_start"] = keys[0]
+        tags["dagster/asset_partition_range_end"] = keys[-1]
+    return LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra), tags=tags)
 
 
 def op_config_for(job: dg.JobDefinition, **op_config: Any) -> dict[str, Any]:
@@ -95,9 +119,12 @@ def config_fields(definition: Any) -> dict[str, Any]:
     return dict(getattr(schema.as_field().config_type, "fields", {}) or {})
 
 
-def result_of(execution: dg.ExecuteInProcessResult) -> dict[str, Any] | None:
+# -- reading a run's outcome ----------------------------------------------------------------
+
+
+def result_of(events: Iterable[dg.DagsterEvent]) -> dict[str, Any] | None:
     """From an op's output, an asset's materialization, or a dry run's observation."""
-    for event in execution.all_events:
+    for event in events:
         metadata: Any = {}
         if event.is_successful_output:
             metadata = event.step_output_data.metadata
@@ -108,11 +135,6 @@ def result_of(execution: dg.ExecuteInProcessResult) -> dict[str, Any] | None:
         if "result" in metadata:
             return dict(metadata["result"].value)
     return None
-
-
-def failure_message(execution: dg.ExecuteInProcessResult) -> str:
-    """The first line of what made the run fail, without a stack trace."""
-    return first_failure_line(execution.all_events)
 
 
 def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
@@ -129,9 +151,12 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
             return innermost_message(failure.error)
         if event.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE:
             return innermost_message(getattr(event.event_specific_data, "error", None))
-        if event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
+        if event.event_type in RUN_ENDED_BADLY and event.message:
             run_failure = run_failure or event.message.strip().splitlines()[0]
     return run_failure or "the run failed"
+
+
+RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 
 
 def innermost_message(error: Any) -> str:
@@ -142,37 +167,259 @@ def innermost_message(error: Any) -> str:
     return str(error.message).strip().splitlines()[0]
 
 
-TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     run_id: str
-    success: bool
-    result: dict[str, Any] | None
-    error: str | None
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def success(self) -> bool:
+        return self.status == dg.DagsterRunStatus.SUCCESS.value
 
 
-def run_now(job: dg.JobDefinition, plan: LaunchPlan, *, triggered_by: str) -> RunOutcome:
-    """Runs the job in this process, in the run history of `$DAGSTER_HOME`'s instance
-    (a temporary one when it is unset), tagged with who triggered it.
+FINISHED_STATUSES = {
+    dg.DagsterRunStatus.SUCCESS.value,
+    dg.DagsterRunStatus.FAILURE.value,
+    dg.DagsterRunStatus.CANCELED.value,
+}
+
+
+def outcome_of(instance: dg.DagsterInstance, run_id: str) -> RunOutcome | None:
+    """Where the run stands; its result or first error once it has finished."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return None
+    status = run.status.value
+    if status not in FINISHED_STATUSES:
+        return RunOutcome(run_id=run_id, status=status)
+    events = [record.dagster_event for record in instance.all_logs(run_id) if record.dagster_event]
+    if status == dg.DagsterRunStatus.SUCCESS.value:
+        return RunOutcome(run_id=run_id, status=status, result=result_of(events))
+    return RunOutcome(run_id=run_id, status=status, error=first_failure_line(events))
+
+
+def wait_for_outcome(
+    instance: dg.DagsterInstance, run_id: str, *, timeout_seconds: float | None = None
+) -> RunOutcome:
+    """The run's outcome once it has finished, or where it stands at the timeout."""
+    give_up = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    while True:
+        outcome = outcome_of(instance, run_id)
+        assert outcome is not None, f"run {run_id} is not in the instance"
+        if outcome.finished or (give_up is not None and time.monotonic() >= give_up):
+            return outcome
+        time.sleep(POLL_SECONDS)
+
+
+# -- the instance ---------------------------------------------------------------------------
+
+
+def dev_home() -> Path:
+    """`jobs-pipeline dev`'s instance folder, in the state folder."""
+    return state_dir() / "dagster_home"
+
+
+SERVED_DATABASE_FILE = "app_database"
+
+
+def database_identity(url: str) -> str:
+    """The app database a URL names, without its password: where dev's instance says
+    which database it serves.
     """
+    parsed = make_url(url)
+    host = parsed.host or parsed.query.get("host") or ""
+    return f"{parsed.username or ''}@{host}:{parsed.port or ''}/{parsed.database or ''}"
+
+
+def record_served_database(home: Path, app_url: str) -> None:
+    (home / SERVED_DATABASE_FILE).write_text(database_identity(app_url) + "\n")
+
+
+def adopt_dev_instance(app_url: str) -> Path | None:
+    """With `DAGSTER_HOME` unset, the dev instance of this state folder, when there is one
+    and it serves the same app database: it becomes `DAGSTER_HOME` for this process, so
+    runs started here show in dev's UI and `list` shows them.
+    """
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = dev_home()
+    served = home / SERVED_DATABASE_FILE
+    if not (home / "dagster.yaml").exists() or not served.exists():
+        return None
+    if served.read_text().strip() != database_identity(app_url):
+        return None
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@contextlib.contextmanager
+def open_instance() -> Iterator[dg.DagsterInstance]:
+    """`$DAGSTER_HOME`'s instance, or a temporary one (no history) when it is unset."""
     instance = (
         dg.DagsterInstance.get()
         if os.environ.get("DAGSTER_HOME")
         else dg.DagsterInstance.ephemeral()
     )
     with instance:
-        execution = job.execute_in_process(
-            run_config=plan.run_config,
-            instance=instance,
-            raise_on_error=False,
-            partition_key=plan.partition_key,
-            tags={**plan.tags, TRIGGERED_BY_TAG: triggered_by},
-        )
-    return RunOutcome(
-        run_id=execution.run_id,
-        success=execution.success,
-        result=result_of(execution) if execution.success else None,
-        error=None if execution.success else failure_message(execution),
+        prepare_pools(instance)
+        yield instance
+
+
+def project_pools() -> list[str]:
+    """Every concurrency pool the project's ops name."""
+    from jobs_pipeline.definitions import defs
+
+    pools = {
+        pool
+        for job in defs.resolve_all_job_defs()
+        for node in job.nodes_in_topological_order
+        if (pool := getattr(node.definition, "pool", None))
+    }
+    return sorted(pools)
+
+
+def prepare_pools(instance: dg.DagsterInstance) -> None:
+    """Creates each pool's limit row (dagster.yaml's default) before runs claim slots:
+    two runs creating the same row at once on a fresh storage would crash one of them.
+    A limit an operator has set (`dagster instance concurrency set`) is kept.
+    """
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits or instance.is_ephemeral:
+        return
+    known = {limit.name for limit in storage.get_pool_limits()}
+    for pool in project_pools():
+        if pool not in known:
+            with contextlib.suppress(Exception):  # another process created it first
+                storage.initialize_concurrency_limit_to_default(pool)
+
+
+def daemon_serves(instance: dg.DagsterInstance) -> bool:
+    """Whether a daemon takes this instance's queued runs: a queue, and a fresh heartbeat."""
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    if instance.is_ephemeral or not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+        return False
+    heartbeat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
+    return heartbeat is not None and time.time() - heartbeat.timestamp < (
+        DAEMON_HEARTBEAT_FRESH_SECONDS
     )
+
+
+# -- starting runs --------------------------------------------------------------------------
+
+
+class RunQueue:
+    """Submits runs to the instance's queue, as `dagster job launch` does.
+
+    The code location is loaded in this process under the deployment's location name,
+    so the daemon launches the run from its own copy of that location (a code server in
+    a deployment). Dagster has no public Python API for this: these are the calls its
+    own `dagster job launch` makes (1.13.27), kept here in one place.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        self._stack = contextlib.ExitStack()
+        self._workspace: Any = None
+
+    def __enter__(self) -> RunQueue:
+        from dagster._core.remote_origin import InProcessCodeLocationOrigin
+        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+        origin = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
+            location_name=LOCATION_NAME,
+        )
+        self._workspace = self._stack.enter_context(
+            WorkspaceProcessContext(
+                self.instance,
+                InProcessWorkspaceLoadTarget([origin]),
+                version=dg.__version__,
+                read_only=False,
+            )
+        )
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self._stack.close()
+
+    def submit(self, job_name: str, plan: LaunchPlan, *, triggered_by: str) -> str:
+        """Creates the run with its job's tags and the plan's, queues it, returns its id."""
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        request = self._workspace.create_request_context()
+        location = request.get_code_location(LOCATION_NAME)
+        (repository,) = location.get_repositories().values()
+        job = location.get_job(
+            JobSubsetSelector(
+                location_name=LOCATION_NAME,
+                repository_name=repository.name,
+                job_name=job_name,
+                op_selection=None,
+            )
+        )
+        plan_snapshot = location.get_execution_plan(
+            job,
+            plan.run_config,
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=self.instance,
+        ).execution_plan_snapshot
+        run = self.instance.create_run(
+            job_name=job_name,
+            run_id=None,
+            run_config=plan.run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=plan_snapshot.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags={**job.tags, **plan.tags, TRIGGERED_BY_TAG: triggered_by},
+            job_snapshot=job.job_snapshot,
+            execution_plan_snapshot=plan_snapshot,
+            parent_job_snapshot=job.parent_job_snapshot,
+            remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repository.asset_graph,
+        )
+        return self.instance.submit_run(run.run_id, request).run_id
+
+    def cancel_if_queued(self, run_id: str) -> bool:
+        """Takes a run that has not started off the queue; a started one goes on."""
+        run = self.instance.get_run_by_id(run_id)
+        if run is None or run.status != dg.DagsterRunStatus.QUEUED:
+            return False
+        return bool(self.instance.run_coordinator.cancel_run(run_id))
+
+
+def execute_here(
+    instance: dg.DagsterInstance,
+    job: dg.JobDefinition,
+    plan: LaunchPlan,
+    *,
+    triggered_by: str,
+    run_id: str | None = None,
+) -> RunOutcome:
+    """Runs the job in this process, in the instance's history, tagged with who started it."""
+    execution = job.execute_in_process(
+        run_config=plan.run_config,
+        instance=instance,
+        raise_on_error=False,
+        run_id=run_id,
+        tags={**plan.tags, TRIGGERED_BY_TAG: triggered_by},
+    )
+    events = execution.all_events
+    if execution.success:
+        return RunOutcome(execution.run_id, "SUCCESS", result=result_of(events))
+    return RunOutcome(execution.run_id, "FAILURE", error=first_failure_line(events))

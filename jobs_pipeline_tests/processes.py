@@ -116,7 +116,7 @@ run = job.execute_in_process(
     run_config=op_config_for(job, **json.loads(sys.argv[3])),
     tags=plan_launch(job).tags,
 )
-print(json.dumps(result_of(run)))
+print(json.dumps(result_of(run.all_events)))
 """
 
 

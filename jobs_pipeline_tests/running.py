@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.launch import op_config_for, result_of
+from jobs_pipeline.launch import first_failure_line, op_config_for, result_of
 
 
 def run_job(
@@ -34,6 +34,11 @@ def log_messages(instance: dg.DagsterInstance, execution: dg.ExecuteInProcessRes
 
 def job_result(execution: dg.ExecuteInProcessResult) -> dict[str, Any]:
     """The result a successful run recorded; a run that recorded none fails the test."""
-    result = result_of(execution)
+    result = result_of(execution.all_events)
     assert result is not None, f"run {execution.run_id} recorded no result"
     return result
+
+
+def failure_message(execution: dg.ExecuteInProcessResult) -> str:
+    """The first line of what made the run fail, as the CLI and the API report it."""
+    return first_failure_line(execution.all_events)

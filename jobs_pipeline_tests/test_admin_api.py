@@ -1,11 +1,15 @@
 """The admin HTTP API, served for real by `jobs-pipeline admin-api`, over real HTTP."""
 
+import contextlib
 import json
-import shutil
+import os
+import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +25,8 @@ from jobs_pipeline.app_tables import global_config, users
 from jobs_pipeline.database import create_app_engine
 from jobs_pipeline.schema_migrations import upgrade
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
-from jobs_pipeline_tests.processes import (
-    JOBS_PIPELINE,
-    cli_environment,
-    free_port,
-    kill_groups,
-    tail,
-    wait_for_url,
-)
+from jobs_pipeline_tests.deployment import Deployment, running_deployment
+from jobs_pipeline_tests.processes import JOBS_PIPELINE, free_port, tail, wait_for_url
 
 
 @dataclass
@@ -39,20 +37,12 @@ class Api:
     log: Path
     dagster_home: Path
     cwd: Path
+    deployment: Deployment
 
     def call(
         self, method: str, path: str, token: str | None = None, body: bytes | None = None
     ) -> tuple[int, Any]:
-        request = urllib.request.Request(self.base + path, data=body, method=method)
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        if body is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as error:
-            return error.code, json.load(error)
+        return call(self.base, method, path, token, body)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -70,8 +60,37 @@ class Api:
         return issued.stdout.strip().splitlines()[-1]
 
 
+def call(
+    base: str, method: str, path: str, token: str | None = None, body: bytes | None = None
+) -> tuple[int, Any]:
+    request = urllib.request.Request(base + path, data=body, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def start_api(deployment: Deployment, name: str, *options: str) -> str:
+    """`jobs-pipeline admin-api` beside the deployment's daemon; returns its base URL."""
+    port = free_port()
+    server = deployment.start(
+        name, [str(JOBS_PIPELINE), "admin-api", "--port", str(port), *options]
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for_url(f"{base}/api/admin/openapi.json", server.popen, server.log, 60)
+    return base
+
+
 @pytest.fixture(scope="module")
 def api(postgres, tmp_path_factory) -> Iterator[Api]:
+    """The admin API in the deployed topology: a code server, the webserver and the daemon
+    (whose queue runs what the API starts), and the API beside them on one instance.
+    """
     folder = tmp_path_factory.mktemp("api")
     postgres.ensure_database("admin_api_app")
     postgres.ensure_database("admin_api_dagster")
@@ -83,32 +102,21 @@ def api(postgres, tmp_path_factory) -> Iterator[Api]:
         add_user(c, email="admin@example.com", role="admin")
         add_user(c, email="trader@example.com", role="user")
         add_user(c, email="boss@example.com", role="admin")
-    home = folder / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
-    env = cli_environment(
-        folder / "state",
-        DATABASE_URL=url,
-        DAGSTER_HOME=str(home),
-        DAGSTER_POSTGRES_URL=postgres.url("admin_api_dagster", "postgresql+psycopg2"),
-    )
-    port = free_port()
-    log = folder / "api.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            [str(JOBS_PIPELINE), "admin-api", "--port", str(port)],
-            env=env,
-            cwd=folder,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    storage = postgres.url("admin_api_dagster", "postgresql+psycopg2")
     try:
-        wait_for_url(f"http://127.0.0.1:{port}/api/admin/openapi.json", server, log, 60)
-        yield Api(f"http://127.0.0.1:{port}", engine, env, log, home, folder)
+        with running_deployment(folder, url, storage) as deployment:
+            base = start_api(deployment, "admin-api")
+            env = deployment.code_environment
+            yield Api(
+                base,
+                engine,
+                env,
+                deployment.processes["admin-api"].log,
+                deployment.home,
+                folder,
+                deployment,
+            )
     finally:
-        kill_groups({server.pid}, 15)
-        server.wait(timeout=30)
         engine.dispose()
 
 
@@ -234,7 +242,17 @@ def test_a_failed_run_is_500_with_its_reason_and_no_trace(api):
 def test_the_openapi_document_is_served(api):
     status, document = api.call("GET", "/api/admin/openapi.json")
     assert status == 200
-    assert set(document["paths"]) == {"/api/admin/jobs", "/api/admin/jobs/{name}"}
+    assert set(document["paths"]) == {
+        "/api/admin/jobs",
+        "/api/admin/jobs/{name}",
+        "/api/admin/runs/{run_id}",
+    }
+    # Generated from the models: the body's options, and every answer of the status table.
+    options = document["components"]["schemas"]["RunOptions"]
+    assert set(options["properties"]) == {"dry_run", "user", "allow_large"}
+    assert options["additionalProperties"] is False
+    answers = document["paths"]["/api/admin/jobs/{name}"]["post"]["responses"]
+    assert set(answers) == {"200", "202", "400", "401", "403", "404", "500"}
 
 
 def test_it_binds_loopback_by_default(api):
@@ -250,7 +268,7 @@ def test_no_input_makes_the_api_fail_with_a_5xx(api):
     schema = schemathesis.openapi.from_url(api.base + "/api/admin/openapi.json")
     token = api.token_for("admin@example.com")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) == 2
+    assert len(operations) == 3
 
     for operation in operations:
 
@@ -265,3 +283,86 @@ def test_no_input_makes_the_api_fail_with_a_5xx(api):
                     assert response.status_code < 500, response.text
 
         never_a_5xx()
+
+
+JOBS = ("tier-expiration", "global-override-check", "promo-cleanup", "discipline-stats-rollup")
+
+
+def test_six_requests_at_once_are_all_answered_and_run_through_the_queue(api, monkeypatch):
+    """What hung the in-process API: runs started at once on a persistent instance."""
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", api.env["DAGSTER_POSTGRES_URL"])
+    token = api.token_for("admin@example.com")
+    names = [*JOBS, JOBS[0], JOBS[2]]
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        answers = list(
+            pool.map(lambda name: api.call("POST", f"/api/admin/jobs/{name}", token), names)
+        )
+
+    settled = [settle(api, token, status, body) for status, body in answers]
+    assert all(body["success"] is True for body in settled), settled
+    run_ids = [body["run_id"] for body in settled]
+    assert len(set(run_ids)) == len(names)
+    with dg.DagsterInstance.from_config(str(api.dagster_home)) as instance:
+        for run_id, name in zip(run_ids, names, strict=True):
+            run = instance.get_run_by_id(run_id)
+            assert run is not None and run.job_name == name.replace("-", "_")
+            assert run.tags["jobs_pipeline/triggered_by"] == "api:admin@example.com"
+            # Each went through the daemon's queue, not through the API's process.
+            kinds = {record.dagster_event_type for record in instance.all_logs(run_id)}
+            assert dg.DagsterEventType.RUN_ENQUEUED in kinds, (name, kinds)
+            assert dg.DagsterEventType.RUN_STARTING in kinds, (name, kinds)
+
+
+def settle(api: Api, token: str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A 200 as it is; a 202 followed at its status URL until the run has ended."""
+    if status == 200:
+        return body
+    assert status == 202, (status, body)
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        code, run = api.call("GET", body["status_url"], token)
+        assert code == 200, run
+        if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            return {"success": run["status"] == "SUCCESS", **run}
+        time.sleep(1)
+    raise AssertionError(f"run {body['run_id']} did not end: {run}")
+
+
+def test_a_run_longer_than_the_wait_is_answered_202_and_followed_at_its_status_url(api):
+    token = api.token_for("admin@example.com")
+    impatient = start_api(api.deployment, "admin-api-impatient", "--wait-seconds", "0")
+
+    status, body = call(impatient, "POST", "/api/admin/jobs/promo-cleanup", token, b"{}")
+
+    assert status == 202, body
+    assert body["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
+    assert body["status_url"] == f"/api/admin/runs/{body['run_id']}"
+    run = settle(api, token, status, body)
+    assert run["status"] == "SUCCESS" and run["job"] == "promo-cleanup"
+    assert set(run["result"]) >= {"codesDeactivated", "redemptionsDeleted"}
+    assert api.call("GET", "/api/admin/runs/no-such-run", token) == (
+        404,
+        {"error": "Run not found"},
+    )
+    assert api.call("GET", body["status_url"])[0] == 401
+
+
+def test_sigterm_stops_the_server_within_ten_seconds_with_requests_waiting(api):
+    token = api.token_for("admin@example.com")
+    doomed = start_api(api.deployment, "admin-api-stopped")
+    process = api.deployment.processes["admin-api-stopped"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        waiting = [
+            pool.submit(call, doomed, "POST", "/api/admin/jobs/tier-expiration", token)
+            for _ in range(2)
+        ]
+        time.sleep(1)  # the requests are in, waiting for their runs
+        os.killpg(process.popen.pid, signal.SIGTERM)
+        try:
+            process.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the API did not stop within 10 s of SIGTERM:\n{tail(process.log)}")
+        for request in waiting:
+            with contextlib.suppress(Exception):
+                request.result(timeout=30)

@@ -1,5 +1,6 @@
 """The installed `jobs-pipeline` command, run as a real subprocess against a real PostgreSQL."""
 
+import getpass
 import json
 import shutil
 import subprocess
@@ -200,6 +201,8 @@ def test_runs_go_into_the_instance_history_and_list_shows_them(
 
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert set(result_of_run(ran, "promo-cleanup")) >= {"codesDeactivated", "redemptionsDeleted"}
+    # No daemon serves this instance: the CLI says so, and runs the job itself.
+    assert "no Dagster daemon serves the instance in" in ran.stderr
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", storage_url)
     with dg.DagsterInstance.get() as instance:
@@ -207,7 +210,7 @@ def test_runs_go_into_the_instance_history_and_list_shows_them(
         assert len(runs) == 1
         (run,) = runs
         assert run.status == dg.DagsterRunStatus.SUCCESS
-        assert run.tags.get("jobs_pipeline/triggered_by") == "cli"
+        assert run.tags.get("jobs_pipeline/triggered_by") == f"cli:{getpass.getuser()}"
         assert instance.get_runs(filters=dg.RunsFilter(job_name="tier_expiration")) == []
 
     listed = jobs_pipeline("list", env=env, cwd=tmp_path)

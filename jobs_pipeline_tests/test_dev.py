@@ -1,5 +1,7 @@
 """`jobs-pipeline dev`, the README's first command: run for real, driven over HTTP."""
 
+import subprocess
+
 from dagster_graphql import DagsterGraphQLClient
 
 from jobs_pipeline_tests.dev_server import (
@@ -12,7 +14,7 @@ from jobs_pipeline_tests.dev_server import (
     tail,
     wait_for_run,
 )
-from jobs_pipeline_tests.processes import answers_200
+from jobs_pipeline_tests.processes import JOBS_PIPELINE, answers_200, cli_environment
 
 SCHEDULES = {
     "tier_expiration": "15 0 * * *",
@@ -29,6 +31,12 @@ SENSORS = {
     "failure_rate_sensor",
     "user_discipline_stats_freshness_sensor",
 }
+
+CLI_RUNS = """
+{ runsOrError(filter: {pipelineName: "global_override_check"}) {
+    ... on Runs { results { runId tags { key value } } }
+} }
+"""
 
 REPOSITORIES = """
 {
@@ -84,6 +92,47 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
                 "SELECT status FROM runs WHERE run_id = %s", (run_id,)
             ).fetchone()
         assert stored == ("SUCCESS",)
+
+        # dev says how to reach its embedded database, without a password.
+        said = dev.log.read_text()
+        assert "app database postgresql://postgres@/app?host=" in said, tail(dev.log)
+        assert f"psql 'postgresql://postgres@/app?host={pgdata}'" in said, tail(dev.log)
+
+        # With DAGSTER_HOME unset, the CLI finds dev's instance: its run goes through dev's
+        # queue, shows in dev's UI, and `list` shows it.
+        cli_env = cli_environment(state)
+        ran = subprocess.run(
+            [str(JOBS_PIPELINE), "run", "global-override-check", "--dry-run"],
+            env=cli_env,
+            cwd=state.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert "queued on the instance in" in ran.stderr, ran.stderr[-3000:]
+        cli_run_id = ran.stderr.split("Run ", 1)[1].split()[0]
+        assert client.get_run_status(cli_run_id).value == "SUCCESS"
+        ui_runs = graphql(dev, CLI_RUNS)["runsOrError"]["results"]
+        (shown,) = [run for run in ui_runs if run["runId"] == cli_run_id]
+        tags = {tag["key"]: tag["value"] for tag in shown["tags"]}
+        assert tags["jobs_pipeline/dry_run"] == "true"
+        assert tags["jobs_pipeline/triggered_by"].startswith("cli:")
+        listed = subprocess.run(
+            [str(JOBS_PIPELINE), "list"],
+            env=cli_env,
+            cwd=state.parent,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        (override_row,) = [
+            line for line in listed.stdout.splitlines() if line.startswith("global-override-check")
+        ]
+        assert cli_run_id[:8] in override_row, listed.stdout
 
         below = stop(dev)
 

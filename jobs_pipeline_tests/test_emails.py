@@ -15,7 +15,6 @@ from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, slow_trigger
@@ -27,7 +26,7 @@ from jobs_pipeline_tests.processes import (
     start_job_process,
 )
 from jobs_pipeline_tests.receivers import Mailbox, SmtpServer
-from jobs_pipeline_tests.running import job_result
+from jobs_pipeline_tests.running import failure_message, job_result
 
 ONE_DAY = timedelta(days=1)
 

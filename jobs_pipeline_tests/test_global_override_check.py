@@ -12,10 +12,9 @@ from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     read_override,
 )
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline.ledger import RunIdentity
 from jobs_pipeline_tests.app_data import db_now, set_override, table_rows
-from jobs_pipeline_tests.running import job_result, log_messages, run_job
+from jobs_pipeline_tests.running import failure_message, job_result, log_messages, run_job
 
 A_RUN = RunIdentity(run_id="a-run", job="global_override_check")
 

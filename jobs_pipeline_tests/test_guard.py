@@ -6,7 +6,6 @@ from datetime import timedelta
 from jobs_pipeline.app_tables import promo_redemptions, users
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
@@ -17,7 +16,7 @@ from jobs_pipeline_tests.app_data import (
     table_rows,
 )
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
-from jobs_pipeline_tests.running import job_result, run_job
+from jobs_pipeline_tests.running import failure_message, job_result, run_job
 
 
 def nine_in_ten_paying_users_expired(engine) -> None:

@@ -33,7 +33,7 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.launch import failure_message, op_config_for
+from jobs_pipeline.launch import op_config_for
 from jobs_pipeline.ledger import changes_to_user
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import change_ledger, email_outbox
@@ -50,7 +50,7 @@ from jobs_pipeline_tests.app_data import (
 from jobs_pipeline_tests.conftest import admin_connection
 from jobs_pipeline_tests.journal_data import expected_stats, make_journals, stored_stats
 from jobs_pipeline_tests.receivers import SmtpServer
-from jobs_pipeline_tests.running import job_result
+from jobs_pipeline_tests.running import failure_message, job_result
 
 ROLE = "jobs_runner"  # the name least_privilege.sql grants to
 PASSWORD = "runner-Pa55-4be1"

@@ -10,12 +10,12 @@ from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import PROJECT_SCHEMA, project_metadata
 from jobs_pipeline.schema_migrations import head_revision
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
+from jobs_pipeline_tests.running import failure_message
 
 
 def test_the_migrations_build_exactly_the_declared_tables(engine):

@@ -8,7 +8,6 @@ from sqlalchemy import select, text, update
 
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,
@@ -16,7 +15,7 @@ from jobs_pipeline_tests.app_data import (
     table_rows,
     user_row,
 )
-from jobs_pipeline_tests.running import job_result, log_messages, run_job
+from jobs_pipeline_tests.running import failure_message, job_result, log_messages, run_job
 
 
 def test_downgrades_only_expired_paid_users(engine, db, instance):

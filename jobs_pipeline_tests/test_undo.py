@@ -11,7 +11,6 @@ from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.launch import failure_message
 from jobs_pipeline.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
@@ -25,7 +24,7 @@ from jobs_pipeline_tests.app_data import (
     user_row,
 )
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, kill, start_job_process
-from jobs_pipeline_tests.running import job_result, log_messages, run_job
+from jobs_pipeline_tests.running import failure_message, job_result, log_messages, run_job
 
 
 def undo(db, instance, run_id: str, **config):

@@ -1,0 +1,538 @@
+"""The deployed topology, for real: code server, webserver and daemon as separate processes.
+
+Each test starts what README.md's "Deploying" section tells an operator to start
+(`jobs_pipeline_tests.deployment`): the code location over gRPC, the webserver and the
+daemon on a workspace file pointing at it, on a fresh PostgreSQL storage with the pools'
+limits set, the app database only in the code server's environment. Runs are started the
+way an operator starts them, through the webserver's GraphQL API (what the UI sends).
+
+Where a run must still be going when the test strikes, a "gate" trigger on the table
+it writes holds its first row until the test opens the gate: no guessing how slow is slow
+enough, and nothing about speed is asserted. A run waits at the gate (pg_sleep in a loop)
+rather than on a lock, because the jobs' connections set a 2-second lock_timeout.
+"""
+
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine, text
+
+from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS, ASSET_KEY, shard_of
+from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
+from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
+from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
+from jobs_pipeline_tests.app_data import add_expired_user, db_now
+from jobs_pipeline_tests.deployment import (
+    LOCATION_NAME,
+    REPOSITORY_NAME,
+    Deployment,
+    running_deployment,
+)
+from jobs_pipeline_tests.journal_data import make_journals
+
+# Deadlines for waiting, never assertions about speed.
+RUN_DEADLINE_S = 120
+# The daemon's backfill loop creates a backfill's run some seconds to half a minute later.
+BACKFILL_RUN_DEADLINE_S = 120
+SETTLE_DEADLINE_S = 120
+
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")
+IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+# A run's own events, in order, for a run the queue held and the daemon launched.
+THROUGH_THE_QUEUE = ["RUN_ENQUEUED", "RUN_STARTING", "RUN_START", "RUN_SUCCESS"]
+# What the UI adds to every run and backfill it launches.
+FROM_UI = {"key": "dagster/from_ui", "value": "true"}
+
+ROLLUP_POOL = "writes_user_discipline_stats"
+BACKFILL_SHARDS = ("03", "04")  # contiguous: one run under BackfillPolicy.single_run()
+
+_database_numbers = itertools.count()
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dagster_db_url(postgres: EmbeddedPostgres) -> Iterator[str]:
+    """A fresh, empty database for Dagster's storage, dropped afterwards."""
+    name = f"dagster_deployment_{next(_database_numbers)}"
+    postgres.ensure_database(name)
+    yield postgres.url(name, "postgresql+psycopg2")
+    with psycopg.connect(
+        host=str(postgres.pgdata), user="postgres", dbname="postgres", autocommit=True
+    ) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, app_db_url: str, dagster_db_url: str) -> Iterator[Deployment]:
+    with running_deployment(tmp_path, app_db_url, dagster_db_url) as running:
+        yield running
+
+
+# -- the gate: a run held on its first row until the test lets it go ------------------------------
+
+
+def close_gate(engine: Engine, table: str) -> None:
+    """Every row written to `table` waits while the gate is closed (a run still going)."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                f"""
+                CREATE TABLE IF NOT EXISTS test_gate (closed boolean NOT NULL);
+                INSERT INTO test_gate VALUES (true);
+                CREATE FUNCTION gate_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    -- Each SELECT sees the latest commit: the loop ends when the test opens.
+                    WHILE (SELECT bool_or(closed) FROM test_gate) LOOP
+                        PERFORM pg_sleep(0.2);
+                    END LOOP;
+                    RETURN COALESCE(NEW, OLD);
+                END $$;
+                CREATE TRIGGER gate_{table} BEFORE INSERT OR UPDATE ON {table}
+                    FOR EACH ROW EXECUTE FUNCTION gate_{table}();
+                """
+            )
+        )
+
+
+def open_gate(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE test_gate SET closed = false"))
+
+
+# -- GraphQL, as the UI sends it ---------------------------------------------------------------
+
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      runId status jobName allPools
+      tags { key value }
+      eventConnection(limit: 10000) {
+        events {
+          __typename
+          ... on MessageEvent { message timestamp stepKey eventType }
+        }
+      }
+    }
+  }
+}
+"""
+
+RUNS = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    __typename
+    ... on Runs { results { runId status jobName tags { key value } } }
+  }
+}
+"""
+
+SCHEDULE = """
+query Schedule($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule { name pipelineName scheduleState { status } }
+  }
+}
+"""
+
+SCHEDULE_DRY_RUN = """
+mutation ScheduleDryRun($selectorData: ScheduleSelector!, $timestamp: Float) {
+  scheduleDryRun(selectorData: $selectorData, timestamp: $timestamp) {
+    __typename
+    ... on DryRunInstigationTick {
+      timestamp
+      evaluationResult {
+        runRequests { runKey jobName runConfigYaml tags { key value } }
+        skipReason
+        error { message }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+LAUNCH_MULTIPLE_RUNS = """
+mutation LaunchMultipleRuns($executionParamsList: [ExecutionParams!]!) {
+  launchMultipleRuns(executionParamsList: $executionParamsList) {
+    __typename
+    ... on LaunchMultipleRunsResult {
+      launchMultipleRunsResult {
+        __typename
+        ... on LaunchRunSuccess { run { runId } }
+        ... on Error { message }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+LAUNCH_PARTITION_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+POOL = """
+query Pool($pool: String) {
+  instance { concurrencyLimit(concurrencyKey: $pool) {
+    slotCount claimedSlots { runId stepKey } pendingStepRunIds
+  } }
+}
+"""
+
+
+def repository_selector() -> dict[str, str]:
+    return {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME}
+
+
+def execution_params(
+    job_name: str, tags: list[dict[str, str]], run_config: str | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the UI's Launchpad sends: the job, its config, its tags plus the UI's own."""
+    return {
+        "selector": {**repository_selector(), "jobName": job_name},
+        "runConfigData": run_config or {},
+        "mode": "default",
+        "executionMetadata": {"tags": [*tags, FROM_UI]},
+    }
+
+
+def launch_run(deployment: Deployment, job_name: str, tags: dict[str, str]) -> str:
+    """The Launchpad's "Launch Run": queued, then started by the daemon."""
+    tag_list = [{"key": key, "value": value} for key, value in tags.items()]
+    result = deployment.graphql(LAUNCH_RUN, executionParams=execution_params(job_name, tag_list))[
+        "launchRun"
+    ]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def run_record(deployment: Deployment, run_id: str) -> dict[str, Any]:
+    """The run with its tags as a dict and its events (timestamps in epoch milliseconds)."""
+    run = deployment.graphql(RUN, runId=run_id)["runOrError"]
+    assert run["__typename"] == "Run", run
+    run["tags"] = {tag["key"]: tag["value"] for tag in run["tags"]}
+    run["events"] = [e for e in run.pop("eventConnection")["events"] if "eventType" in e]
+    return run
+
+
+def event_types(run: dict[str, Any]) -> set[str]:
+    return {event["eventType"] for event in run["events"] if event["eventType"]}
+
+
+def runs_where(
+    deployment: Deployment,
+    tags: dict[str, str] | None = None,
+    statuses: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:
+    run_filter: dict[str, Any] = {}
+    if tags:
+        run_filter["tags"] = [{"key": key, "value": value} for key, value in tags.items()]
+    if statuses:
+        run_filter["statuses"] = list(statuses)
+    answer = deployment.graphql(RUNS, filter=run_filter)["runsOrError"]
+    assert answer["__typename"] == "Runs", answer
+    return answer["results"]
+
+
+def wait_for(deployment: Deployment, what: str, found: Callable[[], Any], deadline_s: float) -> Any:
+    """Polls `found()` until it returns something truthy, which it returns; fails with the
+    processes' logs at the deadline.
+    """
+    give_up = time.monotonic() + deadline_s
+    while time.monotonic() < give_up:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"not {what} within {deadline_s:.0f} s:\n{deployment.process_logs()}")
+
+
+def wait_for_status(
+    deployment: Deployment, run_id: str, statuses: tuple[str, ...], deadline_s: float
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        run = run_record(deployment, run_id)
+        return run if run["status"] in statuses else None
+
+    return wait_for(deployment, f"run {run_id} {'/'.join(statuses)}", reached, deadline_s)
+
+
+def wait_for_end(deployment: Deployment, run_id: str) -> dict[str, Any]:
+    return wait_for_status(deployment, run_id, ENDED, RUN_DEADLINE_S)
+
+
+def run_lifecycle(run: dict[str, Any]) -> list[str]:
+    """The run's own events (not its steps'), in order, with 1.13's RUN_* names."""
+    names = ((event["eventType"] or "").replace("PIPELINE_", "RUN_") for event in run["events"])
+    return [name for name in names if name.startswith("RUN_")]
+
+
+def step_window(run: dict[str, Any]) -> tuple[int, int]:
+    """When the run's (only) step started and ended, in epoch milliseconds."""
+    starts = [int(e["timestamp"]) for e in run["events"] if e["eventType"] == "STEP_START"]
+    ends = [
+        int(e["timestamp"])
+        for e in run["events"]
+        if e["eventType"] in ("STEP_SUCCESS", "STEP_FAILURE")
+    ]
+    assert len(starts) == 1 and len(ends) == 1, (run["runId"], run["status"], starts, ends)
+    return starts[0], ends[0]
+
+
+def failure_reason(run: dict[str, Any]) -> str:
+    """The messages of a run's failure events: the reason a run ended FAILURE."""
+    return "; ".join(
+        event["message"]
+        for event in run["events"]
+        if event["eventType"] in ("STEP_FAILURE", "RUN_FAILURE", "PIPELINE_FAILURE")
+    )
+
+
+def ended_cleanly(run: dict[str, Any]) -> bool:
+    """SUCCESS, or FAILURE that says why: not CANCELED, not a failure without a reason."""
+    return run["status"] == "SUCCESS" or (run["status"] == "FAILURE" and bool(failure_reason(run)))
+
+
+def nothing_in_progress(deployment: Deployment) -> bool:
+    return not runs_where(deployment, statuses=IN_PROGRESS)
+
+
+# -- a. a schedule's tick through the queue ----------------------------------------------------
+
+
+def test_a_schedule_tick_launched_from_the_ui_goes_through_the_queue(deployment: Deployment):
+    """A schedule's tick becomes a run through the queue and succeeds.
+
+    How the tick is had quickly: Dagster 1.13 has no mutation that makes the daemon's
+    scheduler tick now (it evaluates a schedule only at its cron times; `startSchedule`
+    only sets when it starts counting), and our quickest schedule ticks every 5 minutes.
+    What an operator can do is the UI's "Test schedule" on the schedule's page: the
+    webserver evaluates the schedule in the code server for its next tick
+    (`scheduleDryRun`), and "Launch all runs" submits exactly the run requests that tick
+    returned (`launchMultipleRuns`), with the tags the scheduler gives its runs
+    (`dagster/schedule_name`). The run then takes the same road as a scheduled one:
+    queued, dequeued by the daemon under the instance's limits, executed by a run worker
+    of the code server. Only the creation differs: the webserver, not the daemon's
+    scheduler, submits it (the daemon's own ticks at frozen times are covered by
+    test_missed_ticks.py).
+    """
+    schedule_name = f"{OVERRIDE_JOB}_schedule"
+    selector = {**repository_selector(), "scheduleName": schedule_name}
+    schedule = deployment.graphql(SCHEDULE, selector=selector)["scheduleOrError"]
+    assert schedule["__typename"] == "Schedule", schedule
+    # The daemon's scheduler ticks it on its own too: it is on from the start.
+    assert schedule["scheduleState"]["status"] == "RUNNING", schedule
+
+    tick = deployment.graphql(SCHEDULE_DRY_RUN, selectorData=selector, timestamp=time.time())[
+        "scheduleDryRun"
+    ]
+    assert tick["__typename"] == "DryRunInstigationTick", tick
+    evaluation = tick["evaluationResult"]
+    assert evaluation["error"] is None and evaluation["skipReason"] is None, evaluation
+    (request,) = evaluation["runRequests"]
+    params = execution_params(
+        request["jobName"] or schedule["pipelineName"],
+        request["tags"],
+        request["runConfigYaml"],
+    )
+    launched = deployment.graphql(LAUNCH_MULTIPLE_RUNS, executionParamsList=[params])[
+        "launchMultipleRuns"
+    ]
+    assert launched["__typename"] == "LaunchMultipleRunsResult", launched
+    (result,) = launched["launchMultipleRunsResult"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+
+    run = wait_for_end(deployment, result["run"]["runId"])
+
+    assert run["status"] == "SUCCESS", (failure_reason(run), deployment.process_logs())
+    assert run["jobName"] == OVERRIDE_JOB
+    assert run["tags"]["dagster/schedule_name"] == schedule_name, run["tags"]
+    assert run["tags"]["job_lock"] == OVERRIDE_JOB, run["tags"]
+    # Through the queue: enqueued by the webserver, then launched by the daemon's queue
+    # (1.13 records the dequeue as RUN_STARTING: it never emits its RUN_DEQUEUED).
+    assert run_lifecycle(run) == THROUGH_THE_QUEUE, run_lifecycle(run)
+
+
+# -- b. a UI backfill waits for a running rollup --------------------------------------------------
+
+
+def add_journals_in_backfill_shards(engine: Engine) -> None:
+    """Journals whose users include some in the backfill's shards (so it writes rows too)."""
+    for seed in itertools.count(1):
+        users = make_journals(engine, seed=seed, user_count=40)
+        if {shard_of(user) for user in users} >= set(BACKFILL_SHARDS):
+            return
+
+
+def backfill_params(shards: tuple[str, ...]) -> dict[str, Any]:
+    """What the UI's "Materialize… > Launch backfill" sends for an asset's partitions:
+    the asset selection and the partition names (its target is the hidden asset job).
+    """
+    return {
+        "tags": [FROM_UI],
+        "assetSelection": [{"path": ASSET_KEY.path}],
+        "partitionNames": list(shards),
+        "fromFailure": False,
+    }
+
+
+def held_back(deployment: Deployment, backfill_id: str) -> dict[str, Any] | None:
+    """The backfill's run, once it is seen waiting for the pool, or once its step started
+    (then the pool did not hold it, and the windows below overlap).
+
+    Waiting is seen either way Dagster holds it: the daemon's queue keeps the run QUEUED
+    and logs that it "is blocked by global concurrency limits" (pools at op granularity
+    with the queue's default blocking), or the run starts and its step logs "Step blocked
+    by limit for pool". A QUEUED status alone proves nothing: the queue may not have
+    looked at the run yet.
+    """
+    found = runs_where(deployment, tags={"dagster/backfill": backfill_id})
+    if not found:
+        return None
+    run = run_record(deployment, found[0]["runId"])
+    queue_held = f"Run {run['runId']} is blocked by global concurrency limits" in (
+        deployment.log_text("daemon")
+    )
+    messages = " ".join(event["message"] for event in run["events"])
+    step_blocked = f"blocked by limit for pool {ROLLUP_POOL}" in messages
+    if queue_held or step_blocked or "STEP_START" in event_types(run):
+        return run
+    return None
+
+
+def test_a_ui_backfill_launched_while_a_rollup_runs_waits_for_it(
+    deployment: Deployment, engine: Engine
+):
+    """The rollup over all shards (from the Launchpad, with the range tags the schedule
+    uses) is held at the gate mid-write; meanwhile a backfill of shards 03..04 is
+    launched as the UI launches it. The backfill's run is Dagster's hidden asset job
+    (no `job_lock` tag): only the asset's pool can keep it from writing the same table
+    at the same time. It must wait, then write; both succeed.
+    """
+    add_journals_in_backfill_shards(engine)
+    close_gate(engine, "user_discipline_stats")
+
+    rollup_id = launch_run(deployment, ROLLUP_JOB, ALL_SHARDS_TAGS)
+    # Started and inside its step: the step holds the pool's one slot, at the gate.
+    wait_for(
+        deployment,
+        "the rollup's step started",
+        lambda: "STEP_START" in event_types(run_record(deployment, rollup_id)),
+        RUN_DEADLINE_S,
+    )
+    launched = deployment.graphql(
+        LAUNCH_PARTITION_BACKFILL, backfillParams=backfill_params(BACKFILL_SHARDS)
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    waiting = wait_for(
+        deployment,
+        "the backfill's run created and waiting",
+        lambda: held_back(deployment, backfill_id),
+        BACKFILL_RUN_DEADLINE_S,
+    )
+    pool = deployment.graphql(POOL, pool=ROLLUP_POOL)["instance"]["concurrencyLimit"]
+    assert run_record(deployment, rollup_id)["status"] == "STARTED"
+    open_gate(engine)
+
+    rollup = wait_for_end(deployment, rollup_id)
+    backfill = wait_for_end(deployment, waiting["runId"])
+
+    assert rollup["status"] == "SUCCESS", (failure_reason(rollup), deployment.process_logs())
+    assert backfill["status"] == "SUCCESS", (failure_reason(backfill), deployment.process_logs())
+    assert (
+        backfill["tags"]["dagster/asset_partition_range_start"],
+        backfill["tags"]["dagster/asset_partition_range_end"],
+    ) == (BACKFILL_SHARDS[0], BACKFILL_SHARDS[-1]), backfill["tags"]
+    rollup_window, backfill_window = step_window(rollup), step_window(backfill)
+    held = {
+        "backfill run while the rollup ran": {
+            "status": waiting["status"],
+            "allPools": waiting["allPools"],
+            "events": sorted(event_types(waiting)),
+        },
+        "pool": pool,
+    }
+    assert backfill_window[0] >= rollup_window[1], (
+        f"the backfill's step {backfill_window} overlapped the rollup's {rollup_window} (ms):"
+        f" {json.dumps(held)}"
+    )
+
+
+# -- c. the daemon killed and restarted mid-run ---------------------------------------------------
+
+
+def test_a_daemon_killed_mid_run_and_restarted_leaves_no_run_stuck(
+    deployment: Deployment, engine: Engine
+):
+    """SIGKILL to the daemon while a run is going and a second run of the same job waits
+    in the queue behind it (`job_lock`), then the daemon started again, as a service
+    manager would: both runs end (SUCCESS, or FAILURE with a reason), and nothing is
+    left QUEUED, STARTING or STARTED.
+    """
+    with engine.begin() as connection:
+        now = db_now(engine)
+        for _ in range(3):
+            add_expired_user(connection, now)
+    close_gate(engine, "users")
+
+    first_id = launch_run(deployment, EXPIRATION_JOB, {})
+    wait_for(
+        deployment,
+        "the first run's step started",
+        lambda: "STEP_START" in event_types(run_record(deployment, first_id)),
+        RUN_DEADLINE_S,
+    )
+    second_id = launch_run(deployment, EXPIRATION_JOB, {})
+    assert run_record(deployment, second_id)["status"] == "QUEUED"
+
+    deployment.kill_daemon()
+    assert run_record(deployment, first_id)["status"] == "STARTED"
+    assert run_record(deployment, second_id)["status"] == "QUEUED"
+    restarted = deployment.restart_daemon()
+    deployment.wait_for_daemon(restarted)
+    open_gate(engine)
+
+    for run_id in (first_id, second_id):
+        run = wait_for_end(deployment, run_id)
+        assert ended_cleanly(run), (run["status"], failure_reason(run), deployment.process_logs())
+    # Whatever else started meanwhile (a schedule's tick) must end too: nothing is stuck.
+    wait_for(
+        deployment,
+        "every run ended",
+        lambda: nothing_in_progress(deployment),
+        SETTLE_DEADLINE_S,
+    )
