@@ -49,11 +49,11 @@ from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
-from jobs_pipeline.launch import failure_message, op_config_for
+from jobs_pipeline.launch import op_config_for
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import db_now, table_rows
-from jobs_pipeline_tests.running import job_result, run_job
+from jobs_pipeline_tests.running import failure_message, job_result, run_job
 
 PROPERTY_SETTINGS = settings(
     max_examples=25,
@@ -467,12 +467,9 @@ def oracle_moment(value: str) -> datetime | None:
     if match is None:
         return None
     year, month, day, hour, minute, second, fraction, zone = match.groups()
-    if zone is None or zone == "Z":
-        tz = UTC
-    else:
-        sign = -1 if zone[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
     try:
+        # An offset of 24 hours or more (+25:00) is no offset at all: malformed.
+        tz = UTC if zone is None or zone == "Z" else zone_of(zone)
         return datetime(
             int(year),
             int(month),
@@ -485,6 +482,11 @@ def oracle_moment(value: str) -> datetime | None:
         )
     except ValueError:
         return None
+
+
+def zone_of(offset: str) -> timezone:
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
 
 
 def oracle_override(value: Any) -> tuple[str, datetime] | None:
