@@ -48,7 +48,7 @@ email_outbox = Table(
     Column("claimed_at", Timestamptz),
     Column("sent_at", Timestamptz),
     CheckConstraint(
-        "status IN ('pending', 'sending', 'sent', 'failed', 'unconfirmed')",
+        f"status IN ({', '.join(repr(status) for status in OUTBOX_STATUSES)})",
         name="email_outbox_status_known",
     ),
     Index(
