@@ -221,6 +221,7 @@ class AppDatabase(dg.ConfigurableResource):
     def _wait_for_lock(self, connection: Connection, table: str, run_id: str) -> None:
         key = writer_lock_key(table)
         give_up = time.monotonic() + self.writer_lock_wait_seconds
+        said = False
         while True:
             # Committed at once: a session-level lock outlives the transaction, and the
             # connection must not sit idle in one while the run works.
@@ -230,6 +231,12 @@ class AppDatabase(dg.ConfigurableResource):
                 return
             if time.monotonic() >= give_up:
                 raise WriterBusy(table, holder_of(connection, key), self.writer_lock_wait_seconds)
+            if not said:
+                dg.get_dagster_logger().info(
+                    f"Waiting up to {self.writer_lock_wait_seconds:g} s for"
+                    f" {holder_of(connection, key)}, which is writing {table}"
+                )
+                said = True
             time.sleep(min(1.0, max(give_up - time.monotonic(), 0.0)))
 
     @contextmanager

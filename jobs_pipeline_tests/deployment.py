@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from jobs_pipeline.launch import project_pools
 from jobs_pipeline_tests.processes import (
     answers_200,
     cli_environment,
@@ -49,14 +50,6 @@ LOCATION_NAME = "jobs_pipeline"
 REPOSITORY_NAME = "__repository__"  # what Dagster names the repository of a `Definitions`
 CODE_MODULE = "jobs_pipeline.definitions"
 HOST = "127.0.0.1"
-# Every pool a job's op (or the rollup's asset) names: `writes_<app table>`.
-POOLS = (
-    "writes_users",
-    "writes_global_config",
-    "writes_promo_codes",
-    "writes_user_discipline_stats",
-    "writes_email_outbox",
-)
 
 # Deadlines for waiting, never assertions about speed.
 STARTUP_DEADLINE_S = 120
@@ -321,7 +314,7 @@ def set_pool_limits(deployment: Deployment) -> None:
     storage, runs racing to create a pool's limit row crashed one of them (notes). The
     first command also creates Dagster's tables, before two processes race for that.
     """
-    for pool in POOLS:
+    for pool in project_pools():  # every pool a job's op names: `writes_<table>`
         done = subprocess.run(
             concurrency_argv(pool),
             env=deployment.dagster_environment,

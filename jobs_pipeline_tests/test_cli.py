@@ -4,6 +4,7 @@ import getpass
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from jobs_pipeline.app_tables import global_config, users
+from jobs_pipeline.database import writer_lock_key
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,
@@ -307,3 +309,52 @@ def test_the_rollup_refuses_an_unknown_user(env, tmp_path, engine):
     assert unknown.returncode == 2
     assert "no user with id or email 'ghost@example.com'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_a_run_past_the_queue_waits_for_another_writer_of_its_table(engine, env, tmp_path):
+    """No daemon, a temporary instance: only the database's writer lock stands between
+    this run and another writer of `users`, and it holds: the run waits, writes nothing
+    meanwhile, then does its work.
+    """
+    now = db_now(engine)
+    with engine.begin() as c:
+        expired = add_expired_user(c, now)
+    with engine.connect() as other_writer:
+        other_writer.execute(select(func.pg_advisory_lock(*writer_lock_key("users"))))
+        other_writer.commit()
+        run = subprocess.Popen(
+            [str(JOBS_PIPELINE), "run", "tier-expiration"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_lock_waiter(engine)
+            assert user_row(engine, expired)["tier"] == "premium"
+        finally:
+            other_writer.execute(select(func.pg_advisory_unlock(*writer_lock_key("users"))))
+            other_writer.commit()
+        stdout, stderr = run.communicate(timeout=300)
+
+    assert run.returncode == 0, stderr[-3000:]
+    assert "which is writing users" in stderr, stderr[-3000:]
+    last = subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)
+    assert result_of_run(last, "tier-expiration")["processed"] == 1
+    assert user_row(engine, expired)["tier"] == "free"
+
+
+def wait_for_lock_waiter(engine, deadline_s: float = 120) -> None:
+    """Until a run's lock connection (named after its run) is there, and has tried."""
+    sessions = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'jobs_pipeline run %'"
+    )
+    give_up = time.monotonic() + deadline_s
+    while time.monotonic() < give_up:
+        with engine.connect() as c:
+            if c.execute(sessions).scalar_one():
+                time.sleep(2)  # it names itself just before its first try
+                return
+        time.sleep(0.5)
+    raise AssertionError("no run came to wait for the writer lock")
