@@ -26,6 +26,19 @@ def cli_environment(state_dir: Path, **variables: str) -> dict[str, str]:
     return environment
 
 
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed `jobs-pipeline` command, run to its end, its output captured."""
+    return subprocess.run(
+        [str(JOBS_PIPELINE), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -25,6 +25,7 @@ from jobs_pipeline_tests.app_data import (
     user_row,
 )
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
+from jobs_pipeline_tests.processes import run_cli as jobs_pipeline
 
 SCHEDULES = {
     "tier-expiration": "15 0 * * *",
@@ -34,18 +35,6 @@ SCHEDULES = {
     "trial-reminder": "0 9 * * *",
     "email-delivery": "*/5 * * * *",
 }
-
-
-def jobs_pipeline(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(JOBS_PIPELINE), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def result_of_run(completed: subprocess.CompletedProcess[str], name: str) -> dict[str, Any]:

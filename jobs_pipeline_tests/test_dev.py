@@ -1,7 +1,5 @@
 """`jobs-pipeline dev`, the README's first command: run for real, driven over HTTP."""
 
-import subprocess
-
 from dagster_graphql import DagsterGraphQLClient
 
 from jobs_pipeline_tests.dev_server import (
@@ -14,7 +12,7 @@ from jobs_pipeline_tests.dev_server import (
     tail,
     wait_for_run,
 )
-from jobs_pipeline_tests.processes import JOBS_PIPELINE, answers_200, cli_environment
+from jobs_pipeline_tests.processes import answers_200, cli_environment, run_cli
 
 SCHEDULES = {
     "tier_expiration": "15 0 * * *",
@@ -101,15 +99,7 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
         # With DAGSTER_HOME unset, the CLI finds dev's instance: its run goes through dev's
         # queue, shows in dev's UI, and `list` shows it.
         cli_env = cli_environment(state)
-        ran = subprocess.run(
-            [str(JOBS_PIPELINE), "run", "global-override-check", "--dry-run"],
-            env=cli_env,
-            cwd=state.parent,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        ran = run_cli("run", "global-override-check", "--dry-run", env=cli_env, cwd=state.parent)
         assert ran.returncode == 0, ran.stderr[-3000:]
         assert "queued on the instance in" in ran.stderr, ran.stderr[-3000:]
         cli_run_id = ran.stderr.split("Run ", 1)[1].split()[0]
@@ -119,15 +109,7 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
         tags = {tag["key"]: tag["value"] for tag in shown["tags"]}
         assert tags["jobs_pipeline/dry_run"] == "true"
         assert tags["jobs_pipeline/triggered_by"].startswith("cli:")
-        listed = subprocess.run(
-            [str(JOBS_PIPELINE), "list"],
-            env=cli_env,
-            cwd=state.parent,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        listed = run_cli("list", env=cli_env, cwd=state.parent)
         assert listed.returncode == 0, listed.stderr[-3000:]
         (override_row,) = [
             line for line in listed.stdout.splitlines() if line.startswith("global-override-check")
