@@ -301,9 +301,7 @@ def prepare_pools(instance: dg.DagsterInstance) -> None:
 
 def daemon_serves(instance: dg.DagsterInstance) -> bool:
     """Whether a daemon takes this instance's queued runs: a queue, and a fresh heartbeat."""
-    from dagster._core.run_coordinator import QueuedRunCoordinator
-
-    if instance.is_ephemeral or not isinstance(instance.run_coordinator, QueuedRunCoordinator):
+    if instance.is_ephemeral or not isinstance(instance.run_coordinator, dg.QueuedRunCoordinator):
         return False
     heartbeat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
     return heartbeat is not None and time.time() - heartbeat.timestamp < (

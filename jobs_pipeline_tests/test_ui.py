@@ -3,7 +3,8 @@
 `jobs-pipeline dev` runs for real (webserver, daemon, embedded PostgreSQL with demo data) on a
 free loopback port; Playwright's Python package drives Debian's Chromium (/usr/bin/chromium,
 never a downloaded browser). What the UI shows is checked against the definitions themselves
-and, where the UI is not the source of truth, against the webserver's GraphQL API.
+and, where the UI is not the source of truth, against the webserver's GraphQL API and the
+app database. Every job is launched from its Launchpad, as the operators' guide says.
 
 Every step leaves a screenshot in build/screenshots/ (CI keeps that folder); docs/screenshots/
 holds a copy for the operators' guide.
@@ -12,6 +13,7 @@ holds a copy for the operators' guide.
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +24,13 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY
+from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY, SHARD_COUNT, WRITES
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
+from jobs_pipeline.jobs.promo_cleanup import JOB_NAME as PROMO_JOB
+from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
+from jobs_pipeline.jobs.undo import JOB_NAME as UNDO_JOB
+from jobs_pipeline.jobs.writers import DRY_RUN_TAG, writer_pool
 from jobs_pipeline_tests.dev_server import (
     Dev,
     connect,
@@ -57,6 +63,10 @@ RUN_DEADLINE_MS = 90_000
 # The daemon's backfill loop marks a backfill done some 30 s after its run ends.
 BACKFILL_DEADLINE_MS = 150_000
 
+# The webserver marks a run SUCCESS, FAILURE or CANCELED once it has ended.
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")
+POLL_MS = 1_000
+
 # Contiguous on purpose: BackfillPolicy.single_run() gives one run per contiguous range of
 # keys, so "03" and "07" would be two runs (seen in this UI); "03".."04" is one.
 BACKFILL_SHARDS = ("03", "04")
@@ -67,6 +77,15 @@ SCHEDULES = sorted(
     key=lambda s: s.name,
 )
 SENSORS = sorted(sensor.name for sensor in defs.sensors or [])
+# The rollup is an asset job: its page has no Launchpad tab, and it goes its own ways below;
+# undo_run needs the id of an earlier run, so it comes after the others.
+PLAIN_JOBS = [job for job in JOBS if job not in (ROLLUP_JOB, UNDO_JOB)]
+# Shown by the Launchpad when a partitioned job is launched with no partition chosen.
+NO_PARTITION_WARNING = "This job is partitioned. Are you sure"
+# A shard whose counts the Partitions view is checked against; any of the 16 would do.
+SHOWN_SHARD = "07"
+# A shard launched on its own from the Launchpad; another than SHOWN_SHARD.
+ONE_SHARD = "09"
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +183,117 @@ def runs(dev: Dev, *, job: str | None = None, tags: dict[str, str] | None = None
 def scheduled_runs(dev: Dev, job: str) -> list[dict[str, Any]]:
     """Runs a schedule of `job` started while the test ran (a tick at the top of an hour)."""
     return [run for run in runs(dev, job=job) if "dagster/schedule_name" in run["tags"]]
+
+
+def run_status(dev: Dev, run_id: str) -> str:
+    """What the webserver says of a run now (QUEUED, STARTED, SUCCESS...): its source of truth."""
+    query = f"{{ runOrError(runId: {json.dumps(run_id)}) {{ ... on Run {{ status }} }} }}"
+    answer = graphql(dev, query)
+    return answer["runOrError"]["status"]
+
+
+def wait_for_ends(page: Page, dev: Dev, run_ids: list[str]) -> dict[str, str]:
+    """Each run's final status, once all have ended: the queue starts them in its own order
+    (one run per job, one writer per table), so they are awaited together, with one deadline.
+    """
+    give_up = time.monotonic() + RUN_DEADLINE_MS / 1000 * max(1, len(run_ids))
+    while True:
+        statuses = {run_id: run_status(dev, run_id) for run_id in run_ids}
+        if all(status in ENDED for status in statuses.values()):
+            return statuses
+        if time.monotonic() > give_up:
+            raise AssertionError(f"runs still going past their deadline: {statuses}")
+        page.wait_for_timeout(POLL_MS)
+
+
+def run_result(dev: Dev, run_id: str) -> str:
+    """The run's result as its step recorded it: the `result` entry of its STEP_OUTPUT, as JSON."""
+    answer = graphql(
+        dev,
+        f"""{{ logsForRun(runId: {json.dumps(run_id)}) {{ ... on EventConnection {{ events {{
+            ... on ExecutionStepOutputEvent {{
+                metadataEntries {{ label ... on JsonMetadataEntry {{ jsonString }} }}
+            }}
+        }} }} }} }}""",
+    )
+    (result,) = [
+        entry["jsonString"]
+        for event in answer["logsForRun"]["events"]
+        for entry in event.get("metadataEntries", [])
+        if entry["label"] == "result"
+    ]
+    return result
+
+
+def rollup_materializations(dev: Dev) -> list[tuple[str, str]]:
+    """(shard, run id) of every materialization of the rollup's asset, oldest first."""
+    answer = graphql(
+        dev,
+        f"""{{ assetOrError(assetKey: {{path: {json.dumps(ASSET_KEY.path)}}}) {{
+            ... on Asset {{ assetMaterializations(limit: 1000) {{ partition runId }} }}
+        }} }}""",
+    )
+    events = answer["assetOrError"]["assetMaterializations"]
+    return [(event["partition"], event["runId"]) for event in reversed(events)]
+
+
+def open_launchpad(page: Page, job: str) -> None:
+    """Jobs > the job > Launchpad, as the guide says; ready once the config checks out."""
+    page.goto("/jobs")
+    list_item(page, job).get_by_role("link").click()
+    page.get_by_role("tab", name="Launchpad").click()
+    expect(page.get_by_text("No errors")).to_be_visible()
+
+
+def open_launchpad_missing_config(page: Page, job: str) -> None:
+    """Jobs > the job > Launchpad, for a job whose config needs a value no default gives."""
+    page.goto("/jobs")
+    list_item(page, job).get_by_role("link").click()
+    page.get_by_role("tab", name="Launchpad").click()
+    expect(page.get_by_role("button", name="Launch Run")).to_be_visible()
+    expect(page.get_by_text("No errors")).to_be_hidden()
+
+
+def config_line(page: Page, text: str) -> Locator:
+    """The config editor's line holding `text` (the editor draws each line on its own)."""
+    return page.locator(".CodeMirror-line").filter(has_text=text)
+
+
+def set_config_value(page: Page, key: str, old: str, new: str) -> None:
+    """Types over a value in the config editor: `key: old` becomes `key: new`."""
+    config_line(page, f"{key}: {old}").get_by_text(old, exact=True).dblclick()
+    page.keyboard.type(new)
+    expect(config_line(page, f"{key}: {new}")).to_be_visible()
+
+
+def add_config_line(page: Page, before_key: str, line: str) -> None:
+    """Types a new `line` into the config editor, above the line of `before_key`."""
+    config_line(page, f"{before_key}:").get_by_text(before_key, exact=True).click()
+    page.keyboard.press("Home")
+    page.keyboard.type(line)
+    page.keyboard.press("Enter")
+    expect(config_line(page, line)).to_be_visible()
+
+
+def launch(page: Page, button: Locator, *, partitioned: bool = False) -> str:
+    """Clicks a launch button and returns the id of the run page it leads to.
+
+    A partitioned job launched with no partition chosen first asks "Are you sure?".
+    """
+    expect(page.get_by_text("No errors")).to_be_visible()
+    button.click()
+    if partitioned:
+        question = page.get_by_role("dialog").filter(has_text=NO_PARTITION_WARNING)
+        expect(question).to_be_visible()
+        question.get_by_role("button", name="Confirm").click()
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
+    return page.url.rsplit("/", 1)[1]
+
+
+def assert_every_shard_materialized(dev: Dev, run_id: str) -> None:
+    """The run recomputed all 16 shards: one materialization of each, with the run's id."""
+    shards = sorted(shard for shard, run in rollup_materializations(dev) if run == run_id)
+    assert shards == [f"{shard:02d}" for shard in range(SHARD_COUNT)], shards
 
 
 def test_the_jobs_their_schedules_and_running_sensors_are_listed(page: Page, dev: Dev):
@@ -288,21 +418,12 @@ def test_a_backfill_of_two_shards_is_one_run_materializing_only_them(page: Page,
         screenshot(page, "09-backfill-one-run")
 
     with on_failure(page, dev, "materializations"):
-        answer = graphql(
-            dev,
-            f"""{{ assetOrError(assetKey: {{path: {json.dumps(ASSET_KEY.path)}}}) {{
-                ... on Asset {{ assetMaterializations(limit: 1000) {{ partition runId }} }}
-            }} }}""",
-        )
-        # The daily schedule materializes every shard at 01:00 UTC: leave its runs aside.
-        scheduled = {r["runId"] for r in scheduled_runs(dev, ROLLUP_JOB)}
-        materialized = sorted(
-            (event["partition"], event["runId"])
-            for event in answer["assetOrError"]["assetMaterializations"]
-            if event["runId"] not in scheduled
-        )
+        # Other rollups (the daily schedule at 01:00 UTC) may have run too: leave theirs aside.
+        events = rollup_materializations(dev)
+        materialized = sorted((shard, r) for shard, r in events if r == run["runId"])
         assert materialized == [(shard, run["runId"]) for shard in BACKFILL_SHARDS]
-        if not scheduled:
+        others = {r for _shard, r in events if r != run["runId"]}
+        if not others:
             # The rollup wrote rows for the users of those shards and nobody else.
             with connect(dev.state_dir / "pgdata", "app") as app:
                 shards = app.execute(
@@ -312,8 +433,152 @@ def test_a_backfill_of_two_shards_is_one_run_materializing_only_them(page: Page,
             assert [f"{shard:02d}" for (shard,) in shards] == list(BACKFILL_SHARDS)
 
         page.goto(f"/assets/{asset}?view=partitions")
-        if not scheduled:
+        if not others:
             expect(page.get_by_text(f"Materialized ({len(BACKFILL_SHARDS)})")).to_be_visible()
         page.get_by_text(BACKFILL_SHARDS[0], exact=True).first.click()
         expect(page.get_by_text("usersUpdated").first).to_be_visible()
         screenshot(page, "10-asset-partitions")
+
+    with on_failure(page, dev, "backfill-pool"):
+        # A backfill runs as Dagster's asset job, yet waits for a running rollup: the asset's
+        # step takes the one slot of the pool of the table it writes, whichever job runs it.
+        pool = writer_pool(WRITES[0])
+        answer = graphql(
+            dev,
+            f"""{{ assetNodeOrError(assetKey: {{path: {json.dumps(ASSET_KEY.path)}}}) {{
+                ... on AssetNode {{ pools }} }}
+                instance {{ concurrencyLimits {{ concurrencyKey slotCount }} }} }}""",
+        )
+        assert answer["assetNodeOrError"]["pools"] == [pool], answer
+        limits = {
+            limit["concurrencyKey"]: limit["slotCount"]
+            for limit in answer["instance"]["concurrencyLimits"]
+        }
+        assert limits.get(pool) == 1, limits
+
+
+def test_every_job_launches_from_its_launchpad_and_succeeds(page: Page, dev: Dev):
+    launched: dict[str, str] = {}
+    for job in PLAIN_JOBS:
+        with on_failure(page, dev, f"launch-{job}"):
+            open_launchpad(page, job)
+            launched[job] = launch(page, page.get_by_role("button", name="Launch Run"))
+
+    with on_failure(page, dev, "launch-rollup-from-its-page"):
+        # The rollup's page has no Launchpad tab: its Materialize… button opens the backfill
+        # dialog, and the arrow beside it offers the Launchpad, as a dialog.
+        page.goto("/jobs")
+        list_item(page, ROLLUP_JOB).get_by_role("link").click()
+        expect(page.get_by_role("tab", name="Launchpad")).to_have_count(0)
+        materialize = page.get_by_role("button", name="Materialize…")
+        materialize.locator("xpath=../following-sibling::*[1]").get_by_role("button").click()
+        page.get_by_role("menuitem", name="Open launchpad").click()
+        dialog = page.get_by_role("dialog").filter(has_text="Launchpad (configure assets)")
+        expect(dialog.get_by_text("No errors")).to_be_visible()
+        screenshot(page, "11-rollup-launchpad-from-its-page")
+        button = dialog.get_by_role("button", name=re.compile(r"\bMaterialize$"))
+        launched[ROLLUP_JOB] = launch(page, button, partitioned=True)
+
+    with on_failure(page, dev, "launched-runs"):
+        statuses = wait_for_ends(page, dev, list(launched.values()))
+        assert all(status == "SUCCESS" for status in statuses.values()), (launched, statuses)
+        for job, run_id in launched.items():
+            (run,) = [r for r in runs(dev, job=job) if r["runId"] == run_id]
+            assert DRY_RUN_TAG not in run["tags"], run
+        assert_every_shard_materialized(dev, launched[ROLLUP_JOB])
+
+    with on_failure(page, dev, "launch-undo"):
+        # undo_run takes back the ledger changes of the tier_expiration run launched above.
+        open_launchpad_missing_config(page, UNDO_JOB)
+        add_config_line(page, "dry_run", f"run_id: {launched[TIER_JOB]}")
+        expect(page.get_by_text("No errors")).to_be_visible()
+        screenshot(page, "12-undo-run-launchpad")
+        undo_run_id = launch(page, page.get_by_role("button", name="Launch Run"))
+        assert wait_for_ends(page, dev, [undo_run_id]) == {undo_run_id: "SUCCESS"}
+        result = json.loads(run_result(dev, undo_run_id))
+        assert result["undoneRun"] == launched[TIER_JOB], result
+        assert result["dryRun"] is False and result["restored"] > 0, result
+
+
+def test_the_rollup_launched_without_shards_recomputes_every_shard(page: Page, dev: Dev):
+    with on_failure(page, dev, "rollup-launchpad"):
+        page.goto("/jobs")
+        list_item(page, ROLLUP_JOB).get_by_role("link").click()
+        page.wait_for_url(re.compile(f"/jobs/{ROLLUP_JOB}$"))
+        # No tab leads there, but the job's Launchpad is where every job's is.
+        launchpad = f"{page.url}/playground"
+        page.goto(launchpad)
+        expect(page.get_by_placeholder("Partition")).to_be_empty()
+        launch_button = page.get_by_role("button", name="Launch Run")
+        expect(page.get_by_text("No errors")).to_be_visible()
+        launch_button.click()
+        question = page.get_by_role("dialog").filter(has_text=NO_PARTITION_WARNING)
+        expect(question).to_be_visible()
+        screenshot(page, "13-rollup-launch-without-shards")
+        question.get_by_role("button", name="Confirm").click()
+        page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
+        run_id = page.url.rsplit("/", 1)[1]
+
+    with on_failure(page, dev, "rollup-every-shard"):
+        assert wait_for_ends(page, dev, [run_id]) == {run_id: "SUCCESS"}
+        assert_every_shard_materialized(dev, run_id)
+        with connect(dev.state_dir / "pgdata", "app") as app:
+            users, without_row = app.execute(
+                "SELECT count(*), count(*) FILTER (WHERE s.user_id IS NULL) FROM users u"
+                " LEFT JOIN user_discipline_stats s ON s.user_id = u.id"
+            ).fetchone()
+            (in_shard,) = app.execute(
+                "SELECT count(*) FROM users WHERE get_byte(uuid_send(id), 15) %% 16 = %s",
+                (int(SHOWN_SHARD),),
+            ).fetchone()
+        assert users > 0 and without_row == 0, (users, without_row)
+
+    with on_failure(page, dev, "rollup-shard-counts"):
+        # Each shard's materialization carries that shard's own counts, not the run's.
+        assert 0 < in_shard < users, (in_shard, users)
+        page.goto(f"/assets/{'/'.join(ASSET_KEY.path)}?view=partitions")
+        page.get_by_text(SHOWN_SHARD, exact=True).first.click()
+        row = page.locator("tr").filter(has=page.get_by_text("usersUpdated", exact=True))
+        expect(row.locator("td").nth(1)).to_have_text(str(in_shard))
+        expect(page.get_by_text(run_id[:8]).first).to_be_visible()
+        screenshot(page, "14-rollup-shard-counts")
+
+    with on_failure(page, dev, "rollup-one-shard"):
+        # With a shard chosen in the Launchpad's Partition box, the run covers only it.
+        page.goto(launchpad)
+        page.get_by_placeholder("Partition").click()
+        page.get_by_role("menuitem", name=ONE_SHARD, exact=True).click()
+        expect(page.get_by_text(f"partition: {ONE_SHARD}", exact=True)).to_be_visible()
+        one_shard_run = launch(page, page.get_by_role("button", name="Launch Run"))
+        assert wait_for_ends(page, dev, [one_shard_run]) == {one_shard_run: "SUCCESS"}
+        shards = [shard for shard, r in rollup_materializations(dev) if r == one_shard_run]
+        assert shards == [ONE_SHARD], shards
+
+
+def run_id_cell(page: Page, run_id: str) -> Locator:
+    """A run's ID cell in the Runs list: its link and, under it, its tags (no table rows)."""
+    link = page.locator(f"a[href$='/runs/{run_id}']")
+    tags = page.get_by_role("button", name=re.compile(r"^View all tags"))
+    return page.locator("div").filter(has=link).filter(has=tags).last
+
+
+def test_a_dry_run_from_the_launchpad_is_tagged_in_the_runs_list(page: Page, dev: Dev):
+    with on_failure(page, dev, "dry-run-launch"):
+        open_launchpad(page, PROMO_JOB)
+        set_config_value(page, "dry_run", "false", "true")
+        run_id = launch(page, page.get_by_role("button", name="Launch Run"))
+
+    with on_failure(page, dev, "dry-run-tag"):
+        assert wait_for_ends(page, dev, [run_id]) == {run_id: "SUCCESS"}
+        (run,) = [r for r in runs(dev, job=PROMO_JOB) if r["runId"] == run_id]
+        assert run["tags"].get(DRY_RUN_TAG) == "true", run
+        result = json.loads(run_result(dev, run_id))
+        assert next(iter(result.items())) == ("dryRun", True), result
+        page.goto("/runs")
+        expect(run_id_cell(page, run_id).get_by_text(f"{DRY_RUN_TAG}: true")).to_be_visible()
+        screenshot(page, "15-runs-list-dry-run")
+
+    with on_failure(page, dev, "launchpad-keeps-dry-run"):
+        # The Launchpad keeps the config last launched: the next launch is a dry run again.
+        open_launchpad(page, PROMO_JOB)
+        expect(config_line(page, "dry_run: true")).to_be_visible()
