@@ -523,14 +523,17 @@ def test_the_rollup_launched_without_shards_recomputes_every_shard(page: Page, d
         assert wait_for_ends(page, dev, [run_id]) == {run_id: "SUCCESS"}
         assert_every_shard_materialized(dev, run_id)
         with connect(dev.state_dir / "pgdata", "app") as app:
-            users, without_row = app.execute(
+            counted = app.execute(
                 "SELECT count(*), count(*) FILTER (WHERE s.user_id IS NULL) FROM users u"
                 " LEFT JOIN user_discipline_stats s ON s.user_id = u.id"
             ).fetchone()
-            (in_shard,) = app.execute(
+            shard_count = app.execute(
                 "SELECT count(*) FROM users WHERE get_byte(uuid_send(id), 15) %% 16 = %s",
                 (int(SHOWN_SHARD),),
             ).fetchone()
+        assert counted is not None and shard_count is not None
+        users, without_row = counted
+        (in_shard,) = shard_count
         assert users > 0 and without_row == 0, (users, without_row)
 
     with on_failure(page, dev, "rollup-shard-counts"):
