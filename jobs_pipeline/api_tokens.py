@@ -9,6 +9,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -52,6 +53,26 @@ def issue_token(connection: Connection, email: str) -> tuple[int, str]:
         .returning(api_tokens.c.id)
     ).scalar_one()
     return int(token_id), token
+
+
+@dataclass(frozen=True)
+class TokenListing:
+    token_id: int
+    email: str | None  # None once the app has deleted the user
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def list_tokens(connection: Connection) -> list[TokenListing]:
+    """Every token ever issued, oldest first, with its user's email as it is now."""
+    t = api_tokens.c
+    rows = connection.execute(
+        select(t.id, users.c.email, t.created_at, t.last_used_at, t.revoked_at)
+        .select_from(api_tokens.outerjoin(users, users.c.id == t.user_id))
+        .order_by(t.id)
+    )
+    return [TokenListing(int(row[0]), row[1], row[2], row[3], row[4]) for row in rows]
 
 
 def revoke_token(connection: Connection, token_id: int) -> bool:

@@ -27,7 +27,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from jobs_pipeline.embedded import PROJECT_ROOT, fill_environment
+from jobs_pipeline.embedded import PROJECT_ROOT, EmbeddedServerError, fill_environment
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -71,15 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = token_commands.add_parser("create", help="issue a token for an existing app user")
     create.add_argument("--email", required=True, help="the app user's email")
-    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    token_commands.add_parser("list", help="every token: id, email, created, last used, revoked")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id (see token list)")
     revoke.add_argument("--id", type=int, required=True, dest="token_id", help="the token's id")
 
     undo = commands.add_parser("undo", help="take back what one run changed")
     undo.add_argument("run_id", metavar="RUN_ID", help="the run whose changes to take back")
     undo.add_argument("--dry-run", action="store_true", help="report what would be restored")
 
-    why = commands.add_parser("why", help="every change the jobs made to one user, and why")
-    why.add_argument("--user", required=True, metavar="EMAIL_OR_ID")
+    why = commands.add_parser("why", help="every change the jobs made to a user, or in a run")
+    subject = why.add_mutually_exclusive_group(required=True)
+    subject.add_argument("--user", metavar="EMAIL_OR_ID", help="a user's changes, and why")
+    subject.add_argument("--run", metavar="RUN_ID", help="what one run changed (as `run` prints)")
 
     api = commands.add_parser("admin-api", help="serve the admin HTTP API")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -110,10 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_db_upgrade()
         if args.command == "token" and args.action == "create":
             return command_token_create(args.email)
+        if args.command == "token" and args.action == "list":
+            return command_token_list()
         if args.command == "token":
             return command_token_revoke(args.token_id)
         if args.command == "undo":
             return command_undo(args.run_id, dry_run=args.dry_run)
+        if args.command == "why" and args.run:
+            return command_why_run(args.run)
         if args.command == "why":
             return command_why(args.user)
         if args.command == "admin-api":
@@ -121,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"jobs-pipeline: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except EmbeddedServerError as error:
+        print(f"jobs-pipeline: {error}", file=sys.stderr)
+        return EXIT_FAILED
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -212,6 +222,7 @@ def start_and_report(job: Any, plan: Any) -> int:
     where on stderr, waits for it and prints its `Result:` line on stdout.
     """
     from jobs_pipeline.jobs.reporting import result_json, seed_name
+    from jobs_pipeline.jobs.undo import describe_left
     from jobs_pipeline.launch import open_instance
 
     name = seed_name(job.name)
@@ -222,7 +233,11 @@ def start_and_report(job: Any, plan: Any) -> int:
     if not outcome.success:
         print(f"[{name}] Failed (run {outcome.run_id}): {outcome.error}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"[{name}] Result: {result_json(outcome.result or {})}")
+    result = dict(outcome.result or {})
+    # Undo's rows left alone, one a line, each with whose it is and why.
+    for row in result.pop("leftAloneRows", []):
+        print(f"[{name}] Left alone: {describe_left(row)}")
+    print(f"[{name}] Result: {result_json({**result, 'runId': outcome.run_id})}")
     return 0
 
 
@@ -293,11 +308,7 @@ def command_list() -> int:
         cron = str(schedule.cron_schedule) if schedule else "-"
         priority = defs.resolve_job_def(job_name).tags.get("priority", "-")
         rows.append((seed_name(job_name), job_name, cron, priority, last_run(instance, job_name)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print_table(rows)
     if not has_history:
         print(
             "(last runs are read from the instance in DAGSTER_HOME, or from `jobs-pipeline dev`'s;"
@@ -387,7 +398,7 @@ def command_why(id_or_email: str) -> int:
     import uuid
 
     from jobs_pipeline.jobs.discipline_stats_rollup import find_user
-    from jobs_pipeline.ledger import changes_to_user, describe_change
+    from jobs_pipeline.ledger import changes_to_user
 
     engine = project_engine()
     try:
@@ -405,6 +416,32 @@ def command_why(id_or_email: str) -> int:
     if not entries:
         print(f"no changes by the jobs are recorded for user {user_id}")
         return 0
+    print_changes(entries)
+    return 0
+
+
+def command_why_run(run_id: str) -> int:
+    from jobs_pipeline.ledger import changes_of_run
+
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            entries = changes_of_run(connection, run_id.strip())
+    finally:
+        engine.dispose()
+    if not entries:
+        print(
+            f"no changes are recorded for run {run_id.strip()} (it changed nothing, is past"
+            " the ledger's retention, or its job keeps no ledger: the rollup)"
+        )
+        return 0
+    print_changes(entries)
+    return 0
+
+
+def print_changes(entries: list[Any]) -> None:
+    from jobs_pipeline.ledger import describe_change
+
     for entry in entries:
         when = entry.changed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         print(
@@ -412,7 +449,6 @@ def command_why(id_or_email: str) -> int:
             f"    {describe_change(entry.before, entry.after)}\n"
             f"    because {entry.reason}"
         )
-    return 0
 
 
 # -- tokens and the admin API -------------------------------------------------------------
@@ -449,9 +485,49 @@ def command_token_create(email: str) -> int:
         raise UsageError(str(missing)) from None
     finally:
         engine.dispose()
-    print(f"token {token_id} for {email.strip()}; it is shown only now:", file=sys.stderr)
+    print(
+        f"token {token_id} for {email.strip()} (`token list` shows it, `token revoke --id"
+        f" {token_id}` revokes it); the token is shown only now:",
+        file=sys.stderr,
+    )
     print(token)
     return 0
+
+
+def command_token_list() -> int:
+    from jobs_pipeline.api_tokens import list_tokens
+
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            tokens = list_tokens(connection)
+    finally:
+        engine.dispose()
+    rows = [("ID", "EMAIL", "CREATED", "LAST USED", "REVOKED")]
+    rows += [
+        (
+            str(token.token_id),
+            token.email or "(user deleted)",
+            utc_minute(token.created_at),
+            utc_minute(token.last_used_at),
+            utc_minute(token.revoked_at),
+        )
+        for token in tokens
+    ]
+    print_table(rows)
+    return 0
+
+
+def utc_minute(moment: Any) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def command_token_revoke(token_id: int) -> int:

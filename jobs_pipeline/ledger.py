@@ -77,6 +77,14 @@ def changes_to_user(connection: Any, user_id: str) -> list[Any]:
     )
 
 
+def changes_of_run(connection: Any, run_id: str) -> list[Any]:
+    """Every ledger entry a run wrote, in the order it made them."""
+    entries = select(change_ledger).where(change_ledger.c.run_id == run_id)
+    return list(
+        connection.execute(entries.order_by(change_ledger.c.changed_at, change_ledger.c.id))
+    )
+
+
 def describe_change(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
     """`tier: premium -> free, tier_source: purchase -> default`; a delete or an insert whole."""
     if after is None:

@@ -146,6 +146,37 @@ def test_a_revoked_token_is_401(api):
     assert api.call("GET", "/api/admin/jobs", token=token)[0] == 401
 
 
+def test_token_list_shows_each_token_with_its_use_and_revocation(api):
+    issued = api.cli("token", "create", "--email", "boss@example.com")
+    token = issued.stdout.strip().splitlines()[-1]
+    token_id = issued.stderr.split()[1]
+    assert f"token revoke --id {token_id}" in issued.stderr
+
+    def row_of(listing: str) -> list[str]:
+        (row,) = [line for line in listing.splitlines() if line.split()[0] == token_id]
+        return row.split("  ")
+
+    fresh = api.cli("token", "list")
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.splitlines()[0].split() == [
+        "ID",
+        "EMAIL",
+        "CREATED",
+        "LAST",
+        "USED",
+        "REVOKED",
+    ]
+    cells = [cell.strip() for cell in row_of(fresh.stdout) if cell.strip()]
+    assert cells[1] == "boss@example.com" and cells[2].endswith("UTC")
+    assert cells[3:] == ["-", "-"]  # never used, not revoked
+
+    api.call("GET", "/api/admin/jobs", token=token)
+    assert api.cli("token", "revoke", "--id", token_id).returncode == 0
+    used = [cell.strip() for cell in row_of(api.cli("token", "list").stdout) if cell.strip()]
+    assert used[3].endswith("UTC") and used[4].endswith("UTC")
+    assert token not in fresh.stdout
+
+
 def test_a_token_is_only_issued_for_an_existing_user(api):
     issued = api.cli("token", "create", "--email", "nobody@example.com")
     assert issued.returncode == 2
