@@ -1,5 +1,6 @@
 """Undo restores what a run changed, where nothing changed since; `why` explains a user."""
 
+import json
 import subprocess
 import time
 from datetime import timedelta
@@ -68,13 +69,19 @@ def test_undo_restores_downgrades_and_leaves_a_renewed_user_alone(engine, db, in
         row = user_row(engine, user_id)
         for column in ("tier", "tier_source", "tier_expires_at"):
             assert row[column] == before[user_id][column]
+    changed = "the app or a later run changed it since this run"
+    (left,) = job_result(undone)["leftAloneRows"]
+    assert left == {"table": "users", "key": str(renewed), "email": left["email"], "why": changed}
+    assert left["email"] == user_row(engine, renewed)["email"]
     assert any(
-        f"Left alone (changed since, or already restored): users {renewed}" in m
+        f"Left alone: users {renewed} ({left['email']}): {changed}" in m
         for m in log_messages(instance, undone)
     )
 
     again = undo(db, instance, downgrade.run_id)
     assert (job_result(again)["restored"], job_result(again)["leftAlone"]) == (0, 4)
+    whys = sorted(row["why"] for row in job_result(again)["leftAloneRows"])
+    assert whys == ["it holds its old values already (undone before)"] * 3 + [changed]
     with engine.connect() as c:
         recorded = c.execute(
             select(func.count())
@@ -173,6 +180,36 @@ def test_the_undo_command_is_a_recorded_run(engine, db, instance, app_db_url, tm
     assert undone.stdout.splitlines()[-1].startswith("[undo-run] Result: {")
     assert '"restored": 1' in undone.stdout
     assert user_row(engine, user_id)["tier"] == "premium"
+    undo_run_id = json.loads(undone.stdout.splitlines()[-1].split("Result: ", 1)[1])["runId"]
+    assert f"Run {undo_run_id}" in undone.stderr
+
+    # Again: the row is left alone, and stdout says whose it is and why, before the result.
+    again = subprocess.run(
+        [str(JOBS_PIPELINE), "undo", run.run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    email = user_row(engine, user_id)["email"]
+    assert again.stdout.splitlines() == [
+        f"[undo-run] Left alone: users {user_id} ({email}):"
+        " it holds its old values already (undone before)",
+        again.stdout.splitlines()[-1],
+    ]
+
+    # `why --run` takes the id `undo` (or `run`) printed.
+    why = subprocess.run(
+        [str(JOBS_PIPELINE), "why", "--run", undo_run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert why.returncode == 0, why.stderr
+    assert f"undo_run run {undo_run_id}  users {user_id}" in why.stdout
+    assert "tier: free -> premium" in why.stdout
 
 
 SLOW_DOWNGRADES = slow_trigger("users", "BEFORE UPDATE", 0.05)

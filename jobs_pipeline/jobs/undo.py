@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Table, select, text
 
 from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.jobs.reporting import LOG_LINE_CAP, JobReport, JobResult, iso_utc, seed_name
 from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags
 from jobs_pipeline.jobs.writers import job_step
 from jobs_pipeline.ledger import UNDO_WINDOW_DAYS
@@ -245,28 +245,89 @@ def undo_recorded_changes(
         except BaseException:
             transaction.rollback()
             raise
+        done = set(restored)
+        left = [(t, k) for t, k, _ in changes if (t, k) not in done]
+        # Read inside the undo's own transaction: what it saw when it left them.
+        explained = left_alone_rows(connection, config.run_id, left)
         if config.dry_run:
             transaction.rollback()
         else:
             transaction.commit()
-    done = set(restored)
-    left = [(t, k) for t, k, _ in changes if (t, k) not in done]
     verb = "Would restore" if config.dry_run else "Restored"
     for table, key in restored:
         report.row(f"{verb} {table} {key}")
     report.end_rows("rows")
-    for table, key in left:
-        report.row(f"Left alone (changed since, or already restored): {table} {key}")
-    report.end_rows("rows left alone")
+    for row in explained:
+        report.row(f"Left alone: {describe_left(row)}")
+    report.end_rows("rows left alone", total=len(left))
     return report.result(
         {
             "dryRun": config.dry_run,
             "undoneRun": config.run_id,
             "restored": len(restored),
             "leftAlone": len(left),
+            "leftAloneRows": explained,
             "timestamp": iso_utc(now),
         }
     )
+
+
+def describe_left(row: dict[str, Any]) -> str:
+    """`users 0b6c... (ann@example.com): the app or a later run changed it since this run`."""
+    whose = f" ({row['email']})" if row.get("email") else ""
+    return f"{row['table']} {row['key']}{whose}: {row['why']}"
+
+
+def left_alone_rows(
+    connection: Connection, run_id: str, left: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Why each row the undo left alone was left, and whose it is (the user's email),
+    for the first LOG_LINE_CAP of them: one statement per table.
+    """
+    shown = left[:LOG_LINE_CAP]
+    explained: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in sorted({table for table, _ in shown}):
+        keys = [key for table, key in shown if table == name]
+        for row in connection.execute(
+            text(why_left_statement(table_of(name))),
+            {"run_id": run_id, "table": name, "keys": keys},
+        ):
+            explained[(name, row.row_key)] = {
+                "table": name,
+                "key": row.row_key,
+                "email": row.email,
+                "why": row.why,
+            }
+    return [explained[entry] for entry in shown if entry in explained]
+
+
+def why_left_statement(table: Table) -> str:
+    """The undone run's entries for some keys of `table`, each with the reason the undo
+    could not restore it and the email of the user it belongs to.
+    """
+    key = key_column(table)
+    user_of = "t.id::text" if table.name == "users" else "coalesce(e.before, e.after)->>'user_id'"
+    restored = RESTORED_COLUMNS.get(table.name, ())
+    now_is = ", ".join(f"'{c}', t.{c}" for c in restored)
+    was = ", ".join(f"'{c}', e.before -> '{c}'" for c in restored)
+    holds_old = f"jsonb_build_object({now_is}) = jsonb_build_object({was})" if restored else "false"
+    return f"""
+        SELECT e.row_key,
+            (SELECT u.email FROM users AS u WHERE u.id::text = {user_of}) AS email,
+            CASE
+                WHEN e.before IS NULL AND t.{key} IS NULL THEN 'it is gone already'
+                WHEN e.before IS NULL THEN 'it changed since it was put back'
+                WHEN e.after IS NULL AND t.{key} IS NOT NULL
+                    THEN 'a row with its key exists again'
+                WHEN e.after IS NULL THEN 'a row it refers to is gone'
+                WHEN t.{key} IS NULL THEN 'the row is gone'
+                WHEN {holds_old} THEN 'it holds its old values already (undone before)'
+                ELSE 'the app or a later run changed it since this run'
+            END AS why
+        FROM jobs_pipeline.change_ledger AS e
+        LEFT JOIN {table.name} AS t ON t.{key}::text = e.row_key
+        WHERE e.run_id = :run_id AND e.table_name = :table AND e.row_key = ANY(:keys)
+    """  # noqa: S608 - identifiers come from the app's declared tables, values are bound
 
 
 def check_undoable(config: UndoConfig, changes: list[tuple[str, str, Any]], now: Any) -> None:
