@@ -36,9 +36,13 @@ def test_a_run_that_would_downgrade_90_percent_stops_and_writes_nothing(engine, 
     execution = run_job(tier_expiration_job, db, instance)
 
     assert not execution.success
-    assert failure_message(execution).startswith(
-        "Refusing to downgrade paying users: 180 of 200 (90%), over the cap (at most 20% of them)."
-        " Nothing was changed."
+    assert failure_message(execution) == (
+        "Refusing to downgrade paying users: this run would change 180 rows, 90% of the 200"
+        " paying users, over the cap of at most 20% of the paying users (max_downgrade_share),"
+        " once a run would change over 100 rows. The other cap: at most 10000 rows"
+        " (max_downgrades). Nothing was changed. Check the data and the clock; if it is right,"
+        " run it again allowing it: jobs-pipeline run tier-expiration --allow-large (or"
+        " allow_large: true in the Launchpad or the admin API's body)."
     )
     assert table_rows(engine, users) == before
     assert table_rows(engine, change_ledger) == [] and table_rows(engine, email_outbox) == []
@@ -63,7 +67,10 @@ def test_the_absolute_cap_applies_too(engine, db, instance):
     execution = run_job(tier_expiration_job, db, instance, max_downgrades=25)
 
     assert not execution.success
-    assert "30 of 330 (9%), over the cap (at most 25 rows)" in failure_message(execution)
+    assert (
+        "this run would change 30 rows, 9% of the 330 paying users, over the cap of at most"
+        " 25 rows (max_downgrades). The other cap: at most 20% of the paying users"
+    ) in failure_message(execution)
 
 
 def test_promo_cleanup_refuses_to_delete_most_redemptions(engine, db, instance):
@@ -78,7 +85,12 @@ def test_promo_cleanup_refuses_to_delete_most_redemptions(engine, db, instance):
 
     refused = run_job(promo_cleanup_job, db, instance)
     assert not refused.success
-    assert "Refusing to delete promo redemptions: 1200 of 1201" in failure_message(refused)
+    assert failure_message(refused).startswith(
+        "Refusing to delete promo redemptions: this run would change 1200 rows, 100% of the"
+        " 1201 redemptions, over the cap of at most 50% of the redemptions (max_share), once a"
+        " run would change over 1000 rows. The other cap: at most 1000000 rows (fixed)."
+    )
+    assert "jobs-pipeline run promo-cleanup --allow-large" in failure_message(refused)
     assert table_rows(engine, promo_redemptions) == before
 
     allowed = run_job(promo_cleanup_job, db, instance, allow_large=True)

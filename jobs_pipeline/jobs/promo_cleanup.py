@@ -28,7 +28,7 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.batching import locked_batch, run_batches
-from jobs_pipeline.jobs.guard import GuardConfig, check_blast_radius
+from jobs_pipeline.jobs.guard import Caps, GuardConfig, check_blast_radius
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
@@ -45,6 +45,9 @@ from jobs_pipeline.project_tables import change_ledger
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
 WRITES = ("promo_codes", "promo_redemptions")
+# Fixed caps of the blast-radius guard, beside `max_share`.
+CODES_CAP = 10_000
+REDEMPTIONS_CAP = 1_000_000
 
 
 class PromoCleanupConfig(DryRunConfig, GuardConfig):
@@ -203,19 +206,21 @@ def guard(db: AppDatabase, config: PromoCleanupConfig, now: datetime, cutoff: da
         active = count_rows(connection, promo_codes, promo_codes.c.is_active.is_(True))
         old = count_rows(connection, promo_redemptions, is_old_redemption(cutoff))
         total = count_rows(connection, promo_redemptions, true())
-    for what, about_to_change, out_of, max_rows, floor in (
-        ("deactivate active promo codes", codes, active, 10_000, 100),
-        ("delete promo redemptions", old, total, 1_000_000, 1_000),
+    for what, of_what, about_to_change, out_of, max_rows, floor in (
+        ("deactivate active promo codes", "active codes", codes, active, CODES_CAP, 100),
+        ("delete promo redemptions", "redemptions", old, total, REDEMPTIONS_CAP, 1_000),
     ):
-        check_blast_radius(
-            what,
-            about_to_change,
-            out_of,
+        caps = Caps(
+            job=seed_name(JOB_NAME),
+            what=what,
+            out_of_what=of_what,
             max_rows=max_rows,
+            max_rows_setting="fixed",
             max_share=config.max_share,
+            max_share_setting="max_share",
             share_applies_above=floor,
-            allow_large=config.allow_large,
         )
+        check_blast_radius(caps, about_to_change, out_of, allow_large=config.allow_large)
 
 
 def dry_run(db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime) -> JobResult:

@@ -33,7 +33,7 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import Timestamptz, users
 from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
 from jobs_pipeline.jobs.batching import locked_batch
-from jobs_pipeline.jobs.guard import GuardConfig, check_blast_radius
+from jobs_pipeline.jobs.guard import Caps, GuardConfig, check_blast_radius
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
     DryRunConfig,
@@ -51,6 +51,8 @@ from jobs_pipeline.schema_migrations import require_current_schema
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
 WRITES = ("users",)
+# The share cap means little for a handful: it applies once a run would change more.
+SHARE_APPLIES_ABOVE = 100
 
 
 class TierExpirationConfig(DryRunConfig, GuardConfig):
@@ -312,15 +314,17 @@ def expire_tiers(
         found = count_expired(connection, now)
         paying = count_paying(connection)
     report.info(f"Found {found} users with expired tiers")
-    check_blast_radius(
-        "downgrade paying users",
-        found,
-        paying,
+    caps = Caps(
+        job=report.name,
+        what="downgrade paying users",
+        out_of_what="paying users",
         max_rows=config.max_downgrades,
+        max_rows_setting="max_downgrades",
         max_share=config.max_downgrade_share,
-        share_applies_above=100,
-        allow_large=config.allow_large or config.dry_run,
+        max_share_setting="max_downgrade_share",
+        share_applies_above=SHARE_APPLIES_ABOVE,
     )
+    check_blast_radius(caps, found, paying, allow_large=config.allow_large or config.dry_run)
 
     if config.dry_run:
         with db.transaction() as connection:
