@@ -7,6 +7,7 @@ socket inside that folder, so nothing is exposed on the network.
 """
 
 import os
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,19 @@ class EmbeddedPostgres:
     pgdata: Path
     server: Any
 
+    @property
+    def socket_dir(self) -> Path:
+        """Where the server's unix socket is: the data folder, or, when that folder's path
+        is too long for a socket (107 bytes), a short runtime folder pgserver picks.
+        """
+        return Path(self.server.get_postmaster_info().socket_dir)
+
     def url(self, database: str, driver: str = "postgresql") -> str:
-        return f"{driver}://postgres@/{database}?host={self.pgdata}"
+        return f"{driver}://postgres@/{database}?host={self.socket_dir}"
 
     def ensure_database(self, name: str) -> None:
         with psycopg.connect(
-            host=str(self.pgdata), user="postgres", dbname="postgres", autocommit=True
+            host=str(self.socket_dir), user="postgres", dbname="postgres", autocommit=True
         ) as connection:
             exists = connection.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
@@ -55,14 +63,29 @@ def start_embedded_postgres(
     pgdata: Path | None = None, *, cleanup_mode: str | None = "stop"
 ) -> EmbeddedPostgres:
     folder = pgdata or state_dir() / "pgdata"
-    folder.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (any server, CI); pgserver copes.
         warnings.simplefilter("ignore")
         import pgserver  # a heavy import, needed only on the embedded path
 
-        server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
+        except (OSError, subprocess.SubprocessError, AssertionError) as failure:
+            raise EmbeddedServerError(folder, failure) from None
     return EmbeddedPostgres(pgdata=folder, server=server)
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded server did not start: said in one line, with what to do instead."""
+
+    def __init__(self, folder: Path, failure: BaseException):
+        reason = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+        super().__init__(
+            f"the embedded PostgreSQL in {folder} did not start ({reason}); its log is"
+            f" {folder / 'log'}. Set {STATE_DIR_VARIABLE} to another folder, or"
+            " DATABASE_URL and DAGSTER_POSTGRES_URL to servers of your own."
+        )
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """`jobs-pipeline dev`, the README's first command: run for real, driven over HTTP."""
 
+from pathlib import Path
+
 from dagster_graphql import DagsterGraphQLClient
 
 from jobs_pipeline_tests.dev_server import (
@@ -156,3 +158,35 @@ def test_dev_leaves_an_external_app_database_alone(postgres, tmp_path_factory):
             assert dagster.execute("SELECT to_regclass('public.runs')").fetchone() != (None,)
 
         stop(dev)
+
+
+def test_dev_runs_from_a_deep_checkout(tmp_path_factory):
+    """The state folder of a checkout 150 characters deep: too long a path for the embedded
+    server's unix socket (107 bytes), which then lives in a short runtime folder instead.
+    """
+    base = tmp_path_factory.mktemp("deep")
+    checkout = base / "/".join(["a-checkout-folder-deep-down"] * 6)
+    checkout = Path(str(checkout)[:150].rstrip("/"))
+    assert len(str(checkout)) >= 140
+    checkout.mkdir(parents=True)
+    state = checkout / ".jobs-pipeline"
+    assert len(str(state / "pgdata" / ".s.PGSQL.5432")) > 107
+
+    with running_dev(state) as dev:
+        client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
+        run_id = client.submit_job_execution("global_override_check")
+        assert wait_for_run(client, run_id, dev) == "SUCCESS", tail(dev.log)
+        assert "Traceback" not in dev.log.read_text()
+        stop(dev)
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_clear_line(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+
+    ran = run_cli("run", "global-override-check", env=cli_environment(blocked / "s"), cwd=tmp_path)
+
+    assert ran.returncode == 1
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith(f"jobs-pipeline: the embedded PostgreSQL in {blocked}/s/pgdata did not")
+    assert "Set JOBS_PIPELINE_STATE_DIR to another folder" in line
