@@ -8,8 +8,15 @@ again, so a run that dies between sending and recording cannot send it twice: th
 row is later marked `unconfirmed` for an operator to look at. At-most-once, because
 a second trial reminder or a second "your plan ended" is worse than a rare missing
 one, and the row says so when it happens.
+
+Each message names its template in `X-Jobs-Pipeline-Template` (for mail filters and
+for whoever reads a received message), and its `Message-ID` is derived from the
+outbox row's `dedupe_key` alone: an accidental resend of the same row carries the
+same id, so a mail server or client that drops duplicate ids drops it. The key is
+hashed, so the id carries no personal data.
 """
 
+import hashlib
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
@@ -17,6 +24,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 TEMPLATES = ("trial-ending-3d", "trial-ending-1d", "tier-expired")
+TEMPLATE_HEADER = "X-Jobs-Pipeline-Template"
+MESSAGE_ID_DOMAIN = "jobs-pipeline"
 
 environment = Environment(
     loader=PackageLoader("jobs_pipeline", "templates"),
@@ -37,8 +46,18 @@ def display_name(email: str) -> str:
     return email.split("@", 1)[0]
 
 
-def render(template: str, recipient: str, payload: dict[str, Any]) -> EmailMessage:
-    """The message for one outbox row: subject, a plain-text body and an HTML alternative."""
+def message_id(dedupe_key: str) -> str:
+    """The same `Message-ID` for every send of one outbox row, and no personal data in it."""
+    digest = hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
+    return f"<{digest}@{MESSAGE_ID_DOMAIN}>"
+
+
+def render(
+    template: str, recipient: str, payload: dict[str, Any], *, dedupe_key: str
+) -> EmailMessage:
+    """The message for one outbox row: subject, a plain-text body and an HTML alternative,
+    with its template's name and a `Message-ID` from the row's `dedupe_key` as headers.
+    """
     if template not in TEMPLATES:
         raise ValueError(f"unknown email template {template!r}")
     context = {**payload, "email": recipient, "name": display_name(recipient)}
@@ -47,6 +66,8 @@ def render(template: str, recipient: str, payload: dict[str, Any]) -> EmailMessa
             context[key] = readable_time(context[key])
     message = EmailMessage()
     message["To"] = recipient
+    message["Message-ID"] = message_id(dedupe_key)
+    message[TEMPLATE_HEADER] = template
     message["Subject"] = environment.get_template(f"{template}.subject.j2").render(context).strip()
     message.set_content(environment.get_template(f"{template}.txt.j2").render(context))
     message.add_alternative(

@@ -1,8 +1,9 @@
 """Outgoing mail as a Dagster resource: SMTP when `SMTP_HOST` is set, else .eml files.
 
 With no SMTP configured (the embedded default), messages are written as .eml files
-under the project-local folder, so a developer can open real messages without a
-mail server.
+under the project-local state folder (`$JOBS_PIPELINE_STATE_DIR/outbox`, else
+`.jobs-pipeline/outbox` in the checkout, whatever `DATABASE_URL` says), so a
+developer can open real messages without a mail server.
 """
 
 import smtplib
@@ -30,7 +31,10 @@ class Mailer(dg.ConfigurableResource):
     starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS.")
     outbox_dir: str | None = Field(
         default=None,
-        description="Where .eml files go without SMTP (default: .jobs-pipeline/outbox).",
+        description=(
+            "Where .eml files go without SMTP (default: the state folder's `outbox`,"
+            " i.e. $JOBS_PIPELINE_STATE_DIR/outbox or .jobs-pipeline/outbox)."
+        ),
     )
     timeout_seconds: float = Field(default=15, gt=0)
 
@@ -52,8 +56,19 @@ class Mailer(dg.ConfigurableResource):
                 smtp.login(self.username, self.password or "")
             smtp.send_message(message)
 
-    def write_eml(self, message: EmailMessage) -> Path:
+    def eml_folder(self) -> Path | None:
+        """Where `send` writes .eml files; None when it sends over SMTP."""
+        return None if self.host else self.outbox_folder()
+
+    def outbox_folder(self) -> Path:
+        """`outbox_dir`, else the state folder's `outbox`: it follows JOBS_PIPELINE_STATE_DIR,
+        never DATABASE_URL, so a run against another database still writes into this checkout.
+        """
         folder = Path(self.outbox_dir) if self.outbox_dir else state_dir() / "outbox"
+        return folder.resolve()
+
+    def write_eml(self, message: EmailMessage) -> Path:
+        folder = self.outbox_folder()
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         path = folder / f"{stamp}-{uuid.uuid4().hex[:12]}.eml"

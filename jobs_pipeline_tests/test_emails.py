@@ -1,10 +1,12 @@
 """Trial reminders and tier-expired emails: queued once, delivered at most once."""
 
 import asyncio
+import re
 import signal
 import subprocess
 import time
 from datetime import timedelta
+from email import message_from_bytes, policy
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, text, update
 
 from jobs_pipeline.app_tables import users
+from jobs_pipeline.emails import message_id
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
@@ -23,12 +26,15 @@ from jobs_pipeline_tests.processes import (
     cli_environment,
     free_port,
     kill,
+    run_cli,
     start_job_process,
 )
 from jobs_pipeline_tests.receivers import Mailbox, SmtpServer
-from jobs_pipeline_tests.running import failure_message, job_result
+from jobs_pipeline_tests.running import failure_message, job_result, log_messages
 
 ONE_DAY = timedelta(days=1)
+TEMPLATE = "X-Jobs-Pipeline-Template"
+HASHED_ID = re.compile(r"<[0-9a-f]{32}@jobs-pipeline>")
 
 
 def run(job, db, instance, mailer: Mailer, **config: Any):
@@ -50,6 +56,14 @@ def outbox(engine) -> list[dict[str, Any]]:
     with engine.connect() as c:
         rows = c.execute(select(email_outbox).order_by(email_outbox.c.id)).all()
     return [dict(row._mapping) for row in rows]
+
+
+def assert_says_what_it_is(mail: Any, row: dict[str, Any]) -> None:
+    """The template's name, and a Message-ID from the row's dedupe key with nothing personal."""
+    assert mail[TEMPLATE] == row["template"]
+    assert mail["Message-ID"] == message_id(row["dedupe_key"])
+    assert HASHED_ID.fullmatch(mail["Message-ID"])
+    assert str(row["user_id"]) not in mail["Message-ID"] and "@example" not in mail["Message-ID"]
 
 
 def test_reminders_at_the_three_day_and_one_day_edges(engine, db, instance, mailer, smtp_server):
@@ -115,6 +129,15 @@ def test_reminders_at_the_three_day_and_one_day_edges(engine, db, instance, mail
         assert box.to(f"{nobody}@example.com") == []
     assert {row["user_id"] for row in outbox(engine)} >= {three_days}
     assert {row["status"] for row in outbox(engine)} == {"sent"}
+    rows = {row["recipient"]: row for row in outbox(engine)}
+    for recipient, template in (
+        ("three@example.com", "trial-ending-3d"),
+        ("two-days@example.com", "trial-ending-3d"),
+        ("hours@example.com", "trial-ending-1d"),
+    ):
+        (mail,) = box.to(recipient)
+        assert rows[recipient]["template"] == template
+        assert_says_what_it_is(mail, rows[recipient])
 
 
 def test_each_reminder_goes_once_and_an_extended_trial_rearms_it(
@@ -190,6 +213,30 @@ def test_each_downgrade_queues_one_tier_expired_email(engine, db, instance, mail
         for email in emails:
             (mail,) = smtp_server.mailbox.to(email)
             assert mail["Subject"] == "Your Pro plan has ended"
+    for row in outbox(engine):
+        (mail,) = smtp_server.mailbox.to(row["recipient"])
+        assert mail[TEMPLATE] == "tier-expired"
+        assert_says_what_it_is(mail, row)
+    assert len({m["Message-ID"] for _, m in smtp_server.mailbox.received}) == 3
+
+
+def test_a_message_sent_again_carries_the_same_message_id(
+    engine, db, instance, mailer, smtp_server
+):
+    now = db_now(engine)
+    with engine.begin() as c:
+        add_expired_user(c, now, "premium", email="again@example.com")
+    assert tier_expiration_job.execute_in_process(resources={"db": db}, instance=instance).success
+    assert job_result(run(email_delivery_job, db, instance, mailer))["sent"] == 1
+
+    with engine.begin() as c:  # an operator re-queues the row by mistake
+        c.execute(update(email_outbox).values(status="pending", next_attempt_at=func.now()))
+    assert job_result(run(email_delivery_job, db, instance, mailer))["sent"] == 1
+
+    first, second = smtp_server.mailbox.to("again@example.com")
+    assert first["Message-ID"] == second["Message-ID"]  # a receiver can drop the second
+    (row,) = outbox(engine)
+    assert_says_what_it_is(second, row)
 
 
 def test_a_failed_send_is_retried_with_backoff_then_given_up(engine, db, instance, smtp_server):
@@ -236,6 +283,69 @@ def test_without_smtp_the_emails_are_eml_files(engine, db, instance, tmp_path):
     (eml,) = outbox_dir.glob("*.eml")
     content = eml.read_text()
     assert "To: eml@example.com" in content and "text/html" in content and "text/plain" in content
+    (row,) = outbox(engine)
+    assert_says_what_it_is(message_from_bytes(eml.read_bytes(), policy=policy.default), row)
+    wrote = [m for m in log_messages(instance, delivered) if "as .eml files" in m]
+    assert wrote == [
+        f"[email-delivery] Wrote 1 email as .eml files to {outbox_dir} (no SMTP_HOST set)"
+    ]
+
+
+def test_trial_reminder_says_once_where_its_eml_files_went(engine, db, instance, tmp_path):
+    now = db_now(engine)
+    with engine.begin() as c:
+        for n in range(3):
+            add_user(
+                c,
+                email=f"eml{n}@example.com",
+                tier="premium",
+                tier_source="trial",
+                trial_ends_at=now + 2 * ONE_DAY,
+            )
+    outbox_dir = tmp_path / "outbox"
+
+    execution = run(trial_reminder_job, db, instance, Mailer(outbox_dir=str(outbox_dir)))
+
+    assert job_result(execution)["sent"] == 3
+    assert len(list(outbox_dir.glob("*.eml"))) == 3
+    wrote = [m for m in log_messages(instance, execution) if "as .eml files" in m]
+    assert wrote == [
+        f"[trial-reminder] Wrote 3 emails as .eml files to {outbox_dir} (no SMTP_HOST set)"
+    ]
+
+
+def test_over_smtp_no_eml_folder_is_logged(engine, db, instance, mailer, smtp_server):
+    now = db_now(engine)
+    with engine.begin() as c:
+        add_expired_user(c, now, "premium")
+    assert tier_expiration_job.execute_in_process(resources={"db": db}, instance=instance).success
+
+    delivered = run(email_delivery_job, db, instance, mailer)
+
+    assert job_result(delivered)["sent"] == 1 and len(smtp_server.mailbox.received) == 1
+    assert not [m for m in log_messages(instance, delivered) if ".eml" in m]
+
+
+def test_the_cli_writes_eml_files_under_the_state_folder_whatever_database_url_says(
+    engine, db, instance, app_db_url, tmp_path
+):
+    now = db_now(engine)
+    with engine.begin() as c:
+        add_expired_user(c, now, "premium", email="cli-eml@example.com")
+    assert tier_expiration_job.execute_in_process(resources={"db": db}, instance=instance).success
+    state = tmp_path / "state"
+    env = cli_environment(state, DATABASE_URL=app_db_url)  # another database than the embedded
+    env.pop("SMTP_HOST", None)
+
+    done = run_cli("run", "email-delivery", env=env, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = state.resolve() / "outbox"
+    (eml,) = folder.glob("*.eml")
+    assert message_from_bytes(eml.read_bytes(), policy=policy.default)[TEMPLATE] == "tier-expired"
+    line = f"[email-delivery] Wrote 1 email as .eml files to {folder} (no SMTP_HOST set)"
+    assert done.stderr.count(line) == 1, done.stderr[-3000:]
+    assert not (state / "pgdata").exists()  # DATABASE_URL was used; no embedded server started
 
 
 class SlowMailbox(Mailbox):

@@ -1,5 +1,6 @@
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -56,3 +57,27 @@ def test_smtp_with_login(tmp_path):
 
     assert logins == [("jobs", "s3cret-pass")]
     assert len(mailbox.to("trader@example.com")) == 1
+
+
+def test_the_eml_folder_follows_the_state_folder_not_database_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://someone@db.example/elsewhere")
+    monkeypatch.delenv("JOBS_PIPELINE_STATE_DIR", raising=False)
+    checkout = Path(__file__).resolve().parents[1]
+    assert Mailer().eml_folder() == checkout / ".jobs-pipeline" / "outbox"
+
+    monkeypatch.setenv("JOBS_PIPELINE_STATE_DIR", str(tmp_path / "state"))
+    assert Mailer().eml_folder() == tmp_path / "state" / "outbox"
+    assert Mailer(outbox_dir=str(tmp_path / "mine")).eml_folder() == tmp_path / "mine"
+    assert Mailer(host="127.0.0.1").eml_folder() is None  # over SMTP: no files
+
+
+def test_an_eml_file_keeps_the_message_headers(tmp_path):
+    mail = message("trader@example.com")
+    mail["Message-ID"] = "<0123456789abcdef0123456789abcdef@jobs-pipeline>"
+    mail["X-Jobs-Pipeline-Template"] = "trial-ending-3d"
+
+    written = Path(Mailer(outbox_dir=str(tmp_path)).send(mail))
+
+    parsed = message_from_bytes(written.read_bytes(), policy=policy.default)
+    assert parsed["Message-ID"] == "<0123456789abcdef0123456789abcdef@jobs-pipeline>"
+    assert parsed["X-Jobs-Pipeline-Template"] == "trial-ending-3d"

@@ -3,7 +3,8 @@
 One message at a time: claim it (its own transaction), send it, record the outcome
 (its own transaction). See jobs_pipeline.emails for why delivery is at-most-once.
 A failed send is retried with exponential backoff up to `max_attempts`, and keeps
-its last error for operators to read.
+its last error for operators to read. Without SMTP the messages become .eml files,
+and the run's log says once where they went (see `report_eml_folder`).
 """
 
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def claim_next(connection: Connection, now: datetime) -> Row[Any] | None:
             email_outbox.c.recipient,
             email_outbox.c.template,
             email_outbox.c.payload,
+            email_outbox.c.dedupe_key,
             email_outbox.c.attempts,
         )
     ).first()
@@ -145,7 +147,9 @@ def send_one(
         return None
     message_id, template = int(claimed.id), str(claimed.template)
     try:
-        message = render(template, claimed.recipient, dict(claimed.payload))
+        message = render(
+            template, claimed.recipient, dict(claimed.payload), dedupe_key=claimed.dedupe_key
+        )
     except Exception as error:  # a message that cannot be built never will be
         return record_and_report(db, report, message_id, template, error, retry_in=None)
     try:
@@ -196,7 +200,18 @@ def deliver_pending(
             break
         setattr(counts, outcome, getattr(counts, outcome) + 1)
     report.end_rows("emails sent")
+    report_eml_folder(mailer, report, counts.sent)
     return counts
+
+
+def report_eml_folder(mailer: Mailer, report: JobReport, written: int) -> None:
+    """Says once per run where .eml files went: the folder follows JOBS_PIPELINE_STATE_DIR
+    (not DATABASE_URL), and a developer would otherwise have to guess it.
+    """
+    folder = mailer.eml_folder()
+    if folder is not None and written:
+        emails = "email" if written == 1 else "emails"
+        report.info(f"Wrote {written} {emails} as .eml files to {folder} (no SMTP_HOST set)")
 
 
 @dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
