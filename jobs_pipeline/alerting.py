@@ -62,7 +62,8 @@ class Alert:
 
     @property
     def subject(self) -> str:
-        run = f" (run {self.run_id[:8]})" if self.run_id else ""
+        """The whole run id, so the run can be found (`why`, `undo`, the UI) from the subject."""
+        run = f" (run {self.run_id})" if self.run_id else ""
         return f"[jobs-pipeline] {seed_name(self.job_name)} {self.kind}{run}"
 
     @property
@@ -199,10 +200,16 @@ def deliver_for_run(
     channels: AlertChannels,
     log: Callable[[str], None],
 ) -> list[str]:
+    """Reads the run's tags afresh first: another sensor may have alerted it since `run` was
+    read (the failure sensor and the redelivery sensor's catch-up both alert failed runs).
+    """
+
     def record(channel: str) -> None:
         instance.add_run_tags(run.run_id, {tag_key(alert.kind, channel): iso_utc(alert.at)})
 
-    return deliver(alert, channels, log, delivered=delivered_on_run(run, alert.kind), record=record)
+    current = instance.get_run_by_id(run.run_id) or run
+    delivered = delivered_on_run(current, alert.kind)
+    return deliver(alert, channels, log, delivered=delivered, record=record)
 
 
 def pending_channels(run: dg.DagsterRun, kind: str, channels: AlertChannels) -> list[str]:

@@ -1,7 +1,11 @@
 """The sensors that watch every job's runs and alert operators.
 
 - `run_failure_alert_sensor`: each failed run (its final attempt) alerts once.
-- `alert_redelivery_sensor`: a channel that was down gets the alert when it is back.
+- `alert_redelivery_sensor`: a channel that was down gets the alert when it is back;
+  and a failed run no sensor has alerted yet (within the last 24 hours) is alerted.
+  That catches up what `run_failure_alert_sensor` never sees: its first tick after a
+  fresh start sets its cursor to the latest failure, so runs that failed before it
+  (e.g. between a deployment's start and that tick) would otherwise never alert.
 - `long_running_run_sensor`: a run still going past its job's threshold alerts once
   (the original design's "> 5 minutes"); `dagster/max_runtime` stops a stuck run.
 - `failure_rate_sensor`: a job whose failed runs exceed 10% of its runs in the
@@ -32,6 +36,7 @@ FAILURE_RATE = "failure rate"
 FAILURE_RATE_THRESHOLD = 0.10
 FAILURE_RATE_WINDOW = timedelta(hours=24)
 REDELIVERY_HORIZON = timedelta(days=2)
+CATCH_UP_HORIZON = timedelta(hours=24)
 
 FAILURE_EVENTS = {
     dg.DagsterEventType.STEP_FAILURE,
@@ -75,20 +80,38 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertC
     deliver_for_run(context.instance, run, alert, alerts, context.log.error)
 
 
+def never_alerted(record: dg.RunRecord, since: datetime) -> bool:
+    """A failed run (its final attempt) that ended after `since` and no sensor has alerted:
+    the run tags say what was delivered, so a run alerted on any channel is not one. (A
+    run with no end time is within the query's `updated_after` bound: it counts.)
+    """
+    run = record.dagster_run
+    recent = record.end_time is None or record.end_time >= since.timestamp()
+    return recent and is_final_attempt(run) and not delivered_on_run(run, FAILED)
+
+
 @dg.sensor(
     name="alert_redelivery_sensor",
-    description="Delivers a failed run's alert on the channels that were down when it failed.",
+    description=(
+        "Delivers a failed run's alert on the channels that were down when it failed, and"
+        " alerts failed runs of the last 24 hours that no sensor has alerted yet."
+    ),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=60,
 )
 def alert_redelivery_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannels) -> None:
-    since = datetime.now(UTC) - REDELIVERY_HORIZON
+    now = datetime.now(UTC)
     records = context.instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], updated_after=since)
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE], updated_after=now - REDELIVERY_HORIZON
+        )
     )
     for record in records:
         run = record.dagster_run
-        if pending_channels(run, FAILED, alerts):
+        if never_alerted(record, now - CATCH_UP_HORIZON):
+            alert = failure_alert(context.instance, run, alerts)
+            deliver_for_run(context.instance, run, alert, alerts, context.log.error)
+        elif pending_channels(run, FAILED, alerts):
             alert = failure_alert(context.instance, run, alerts)
             deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
 

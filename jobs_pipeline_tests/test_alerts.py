@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
+from jobs_pipeline import monitoring
 from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
@@ -53,6 +54,11 @@ def channels(smtp_server: SmtpServer, webhook_server: WebhookServer) -> AlertCha
 def failing_run(engine, db: AppDatabase, instance: dg.DagsterInstance, **tags: str):
     with engine.begin() as c:
         set_override(c, MALFORMED)
+    return failing_again(db, instance, **tags)
+
+
+def failing_again(db: AppDatabase, instance: dg.DagsterInstance, **tags: str):
+    """Another failed run on the malformed override `failing_run` left in place."""
     execution = global_override_check_job.execute_in_process(
         resources={"db": db}, instance=instance, raise_on_error=False, tags=tags
     )
@@ -92,7 +98,7 @@ def test_a_failed_run_alerts_once_on_every_channel(
     link = f"http://dagster.example:3000/runs/{run_id}"
     (ops_mail,) = smtp_server.mailbox.to("ops@example.com")
     assert len(smtp_server.mailbox.to("oncall@example.com")) == 1
-    assert ops_mail["Subject"] == f"[jobs-pipeline] global-override-check failed (run {run_id[:8]})"
+    assert ops_mail["Subject"] == f"[jobs-pipeline] global-override-check failed (run {run_id})"
     assert ops_mail["From"] == "dagster@example.com"
     body = ops_mail.get_content()
     for expected in (ERROR_LINE, f"Run {run_id} at ", link):
@@ -125,6 +131,69 @@ def test_a_channel_that_is_down_gets_the_alert_when_it_is_back(
     assert len(webhook_server.posts) == 1
     assert webhook_server.posts[0]["run_id"] == execution.run_id
     assert len(smtp_server.mailbox.to("ops@example.com")) == 1
+
+
+def tick(sensor, instance, channels: AlertChannels, cursor: str | None = None):
+    """One evaluation as the daemon does it: the sensor's own function, cursor in and out."""
+    with dg.build_sensor_context(
+        instance=instance, resources={"alerts": channels}, cursor=cursor, definitions=defs
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def alerts_of(smtp_server: SmtpServer, webhook_server: WebhookServer, run_id: str) -> tuple:
+    """(emails to ops, emails to on-call, webhook posts) about one run."""
+    subject = f"(run {run_id})"
+    mails = [
+        len([m for m in smtp_server.mailbox.to(to) if subject in m["Subject"]])
+        for to in ("ops@example.com", "oncall@example.com")
+    ]
+    posts = len([p for p in webhook_server.posts if p["run_id"] == run_id])
+    return (*mails, posts)
+
+
+def test_a_run_that_failed_before_the_first_tick_is_alerted_once(
+    engine, db, alert_instance, channels, smtp_server, webhook_server
+):
+    early = failing_run(engine, db, alert_instance)  # a fresh deployment, before any tick
+    retried = failing_again(db, alert_instance, **{"dagster/will_retry": "true"})
+
+    first = tick(run_failure_alert_sensor, alert_instance, channels)
+    assert first.skip_message and first.skip_message.startswith("Initiating")
+    assert first.cursor and alerts_of(smtp_server, webhook_server, early.run_id) == (0, 0, 0)
+    later = failing_again(db, alert_instance)  # after the first tick
+    second = tick(run_failure_alert_sensor, alert_instance, channels, first.cursor)
+    assert alerts_of(smtp_server, webhook_server, later.run_id) == (1, 1, 1)  # seen by the sensor
+    assert alerts_of(smtp_server, webhook_server, early.run_id) == (0, 0, 0)  # passed over
+    tick(alert_redelivery_sensor, alert_instance, channels)  # catches up `early`
+    # Everything again, as the daemon's next ticks would: nothing more is sent.
+    tick(run_failure_alert_sensor, alert_instance, channels, second.cursor)
+    tick(run_failure_alert_sensor, alert_instance, channels)  # a fresh cursor again
+    tick(alert_redelivery_sensor, alert_instance, channels)
+
+    assert alerts_of(smtp_server, webhook_server, early.run_id) == (1, 1, 1)
+    assert alerts_of(smtp_server, webhook_server, later.run_id) == (1, 1, 1)
+    assert alerts_of(smtp_server, webhook_server, retried.run_id) == (0, 0, 0)
+    assert len(smtp_server.mailbox.received) == 2 and len(webhook_server.posts) == 2
+    run = alert_instance.get_run_by_id(early.run_id)
+    assert run is not None
+    assert {"log", "email", "webhook"} == {
+        key.removeprefix("jobs_pipeline/alerted_failed_")
+        for key in run.tags
+        if key.startswith("jobs_pipeline/alerted_failed_")
+    }
+
+
+def test_a_failed_run_older_than_a_day_is_not_caught_up(
+    engine, db, alert_instance, channels, webhook_server, monkeypatch
+):
+    failing_run(engine, db, alert_instance)
+    # The look-back, shortened to nothing: the run now ended before it, as after 24 hours.
+    monkeypatch.setattr(monitoring, "CATCH_UP_HORIZON", timedelta(0))
+
+    tick(alert_redelivery_sensor, alert_instance, channels)
+
+    assert webhook_server.posts == []
 
 
 def test_with_no_channel_configured_the_log_still_has_the_alert(engine, db, alert_instance):
