@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 
 from jobs_pipeline.app_tables import global_config, users
 from jobs_pipeline.database import writer_lock_key
+from jobs_pipeline.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,
@@ -73,6 +74,13 @@ def test_run_downgrades_expired_users_and_ends_with_the_result(engine, env, tmp_
     assert user_row(engine, still_paid)["tier"] == "pro"
     # Dagster's own log goes to stderr, not into the result on stdout.
     assert "RUN_SUCCESS" in completed.stderr
+    # The run's id: on stderr before the run starts, and in the result.
+    assert completed.stderr.index(f"[tier-expiration] Run {result['runId']}") < (
+        completed.stderr.index("RUN_SUCCESS")
+    )
+    with engine.connect() as c:
+        ledger_runs = set(c.execute(select(change_ledger.c.run_id)).scalars())
+    assert ledger_runs == {result["runId"]}
     assert "RUN_SUCCESS" not in completed.stdout
 
 
