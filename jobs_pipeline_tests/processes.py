@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sqlalchemy import Engine, text
+
 JOBS_PIPELINE = Path(sys.executable).with_name("jobs-pipeline")
 
 # Variables a test must set itself: the developer's own (or another test's) must not leak in.
@@ -142,6 +144,23 @@ def start_job_process(app_db_url: str, job_name: str, **op_config: object) -> su
     )
 
 
-def kill(process: subprocess.Popen) -> None:
+def kill(process: subprocess.Popen, engine: Engine) -> None:
+    """SIGKILL, then a wait for the process's database sessions to end too.
+
+    A session outlives its killed client until it next touches the socket: one in the
+    middle of a statement (a slow trigger) finishes it first, holding its row locks, and a
+    run started meanwhile would skip those rows as the app's.
+    """
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
+    busy = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state = 'active'"
+    )
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
+        with engine.connect() as connection:
+            if connection.execute(busy).scalar_one() == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the killed process's database sessions did not end")

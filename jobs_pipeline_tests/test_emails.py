@@ -418,7 +418,7 @@ def test_a_downgrade_killed_midway_keeps_every_email_with_its_downgrade(
     deadline = time.monotonic() + 60
     while not downgraded() and time.monotonic() < deadline:
         time.sleep(0.1)
-    kill(job)
+    kill(job, engine)
 
     halfway = downgraded()
     assert 0 < len(halfway) < 40

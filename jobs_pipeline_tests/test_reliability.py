@@ -164,21 +164,9 @@ def test_a_rollup_killed_midway_leaves_the_old_rows_whole(engine, db, app_db_url
     before = as_records(stored_stats(engine))
 
     process = start_job_process(app_db_url, "discipline_stats_rollup")
-    wait_for(
-        lambda: any(
-            row[0] == "active"
-            for row in engine.connect()
-            .execute(
-                text(
-                    "SELECT state FROM pg_stat_activity WHERE application_name = 'jobs_pipeline'"
-                    " AND query LIKE '%user_discipline_stats%'"
-                )
-            )
-            .all()
-        )
-    )
+    wait_for(lambda: rollup_statement_running(engine))
     time.sleep(0.5)
-    kill(process)
+    kill(process, engine)
 
     assert as_records(stored_stats(engine)) == before  # all old: nothing half-written
     with engine.begin() as c:
@@ -202,7 +190,7 @@ def test_a_cleanup_killed_midway_keeps_each_row_old_or_new_with_its_record(
 
     process = start_job_process(app_db_url, "promo_cleanup", batch_size=3, allow_large=True)
     wait_for(lambda: count(engine, promo_redemptions) < 40)
-    kill(process)
+    kill(process, engine)
 
     left = count(engine, promo_redemptions)
     recorded = count(engine, change_ledger, change_ledger.c.table_name == "promo_redemptions")

@@ -233,7 +233,7 @@ def test_sigkill_midway_leaves_the_ledger_and_the_tables_agreeing(engine, app_db
     deadline = time.monotonic() + 60
     while not free_users() and time.monotonic() < deadline:
         time.sleep(0.05)
-    kill(process)
+    kill(process, engine)
 
     downgraded = free_users()
     assert 0 < len(downgraded) < 60
