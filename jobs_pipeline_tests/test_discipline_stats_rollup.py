@@ -4,9 +4,9 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, insert, literal_column, select, text, update
 
-from jobs_pipeline.app_tables import shots, user_discipline_stats, users
+from jobs_pipeline.app_tables import aims, shots, targets, user_discipline_stats, users
 from jobs_pipeline.database import AppDatabase, writer_lock_key
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import (
@@ -15,6 +15,7 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     SHARD_COUNT,
     STAT_COLUMNS,
     Scope,
+    shard_groups,
     shard_of,
     user_discipline_stats_asset,
     user_shard,
@@ -67,7 +68,7 @@ IN_STEP_CHECKS = {
     "abort_counts_within_targets",
     "every_user_has_a_row",
 }
-Counts = tuple[int, int]  # (usersUpdated, shotsCounted)
+Counts = tuple[int, int]  # (usersComputed, shotsCounted)
 
 
 def oracle_counts_by_shard(engine: Engine, shards: Sequence[str]) -> dict[str, Counts]:
@@ -82,19 +83,29 @@ def oracle_counts_by_shard(engine: Engine, shards: Sequence[str]) -> dict[str, C
     return counts
 
 
-def recorded_counts_by_shard(execution: dg.ExecuteInProcessResult) -> dict[str, Counts]:
-    """Each materialization's own counts, by partition; one materialization per shard."""
+def shard_metadata(execution: dg.ExecuteInProcessResult) -> dict[str, Mapping[str, Any]]:
+    """Each materialization's metadata, by partition; one materialization per shard."""
     materializations = [
         event.step_materialization_data.materialization
         for event in execution.get_asset_materialization_events()
     ]
-    counts = {str(m.partition): counts_of(m.metadata) for m in materializations}
-    assert len(counts) == len(materializations)
-    return counts
+    metadata = {str(m.partition): m.metadata for m in materializations}
+    assert len(metadata) == len(materializations)
+    return metadata
+
+
+def recorded_counts_by_shard(execution: dg.ExecuteInProcessResult) -> dict[str, Counts]:
+    """Each shard's own (usersComputed, shotsCounted)."""
+    return {shard: counts_of(m) for shard, m in shard_metadata(execution).items()}
+
+
+def written_by_shard(execution: dg.ExecuteInProcessResult) -> dict[str, int]:
+    """Each shard's own usersUpdated: the rows the run wrote there (new or changed)."""
+    return {shard: int(m["usersUpdated"].value) for shard, m in shard_metadata(execution).items()}
 
 
 def counts_of(metadata: Mapping[str, Any]) -> Counts:
-    return int(metadata["usersUpdated"].value), int(metadata["shotsCounted"].value)
+    return int(metadata["usersComputed"].value), int(metadata["shotsCounted"].value)
 
 
 def latest_counts(instance: dg.DagsterInstance, shard: str) -> Counts:
@@ -136,7 +147,7 @@ def test_one_run_materializes_every_shard_and_passes_its_checks(engine, db, inst
     materializations = execution.get_asset_materialization_events()
     assert sorted(str(m.partition) for m in materializations) == user_shards.get_partition_keys()
     metadata = materializations[0].step_materialization_data.materialization.metadata
-    assert set(metadata) == {"usersUpdated", "shotsCounted", "scope"}
+    assert set(metadata) == {"usersUpdated", "usersComputed", "shotsCounted", "scope"}
     assert metadata["scope"].value == "all 16 shards"
     # Evaluated in the asset's own step; the freshness check is its sensor's (the asset's
     # output is skipped, so the run skips that step).
@@ -146,7 +157,9 @@ def test_one_run_materializes_every_shard_and_passes_its_checks(engine, db, inst
     assert all(c.asset_key == ASSET_KEY for c in checks)
     messages = log_messages(instance, execution)
     assert any(
-        m.startswith("[discipline-stats-rollup] Updated stats for 60 users") for m in messages
+        m.startswith("[discipline-stats-rollup] Computed stats for 60 users (all 16 shards, 2")
+        and m.endswith("60 rows new or changed were written")
+        for m in messages
     )
     assert any(m.startswith("[discipline-stats-rollup] Result: {") for m in messages)
 
@@ -161,8 +174,11 @@ def test_each_shard_records_its_own_counts(engine, db, instance):
     expected = oracle_counts_by_shard(engine, shards)
     assert len(set(expected.values())) > 1  # shards differ, or the test proves nothing
     assert recorded_counts_by_shard(execution) == expected
+    # A first run: every row is new, so every computed user's row was written.
+    assert written_by_shard(execution) == {shard: users for shard, (users, _) in expected.items()}
     result = job_result(execution)
-    assert result["usersUpdated"] == sum(users for users, _ in expected.values()) == 120
+    assert result["usersUpdated"] == result["usersComputed"] == 120
+    assert result["usersComputed"] == sum(users for users, _ in expected.values())
     assert result["shotsCounted"] == sum(shots for _, shots in expected.values())
 
 
@@ -179,9 +195,10 @@ def test_a_range_records_exactly_its_shards_with_their_own_counts(engine, db):
         assert fresh_instance.get_materialized_partitions(ASSET_KEY) == {"03", "04", "05"}
         assert {shard: latest_counts(fresh_instance, shard) for shard in expected} == expected
     result = job_result(execution)
-    assert (result["usersUpdated"], result["shotsCounted"]) == tuple(
+    assert (result["usersComputed"], result["shotsCounted"]) == tuple(
         map(sum, zip(*expected.values(), strict=True))
     )
+    assert result["usersUpdated"] == result["usersComputed"]
 
 
 def test_a_run_with_no_partition_recomputes_every_shard(engine, db):
@@ -225,7 +242,8 @@ def test_the_event_count_does_not_grow_with_users(engine, db, instance, tags):
     large = run_rollup(db, instance, tags=tags)
 
     assert small.success and large.success
-    assert job_result(large)["usersUpdated"] == 310
+    # The ten users of the first run did not change: only the 300 new rows are written.
+    assert (job_result(large)["usersComputed"], job_result(large)["usersUpdated"]) == (310, 300)
     assert len(instance.all_logs(small.run_id)) == len(instance.all_logs(large.run_id))
     # Shards with no users (ten users leave some empty) still get theirs, with zeros.
     assert materialization_count(instance, small.run_id) == SHARD_COUNT
@@ -436,3 +454,168 @@ def test_the_schedule_runs_every_shard_in_one_run(instance):
     (request,) = data.run_requests or []
     assert request.tags["dagster/asset_partition_range_start"] == "00"
     assert request.tags["dagster/asset_partition_range_end"] == "15"
+
+
+# -- shard groups written at once, and only what changed ------------------------------------------
+
+
+def row_versions(engine: Engine) -> dict[uuid.UUID, tuple[str, str, Any]]:
+    """Each stats row's (xmin, xmax, updated_at): a rewritten row gets a new xmin, even
+    unchanged; a row only locked (ON CONFLICT locks before its WHERE) gets an xmax.
+    """
+    with engine.connect() as c:
+        rows = c.execute(
+            select(
+                user_discipline_stats.c.user_id,
+                literal_column("xmin::text"),
+                literal_column("xmax::text"),
+                user_discipline_stats.c.updated_at,
+            )
+        ).all()
+    return {user_id: (xmin, xmax, updated_at) for user_id, xmin, xmax, updated_at in rows}
+
+
+def test_shards_split_into_contiguous_balanced_groups():
+    every = Scope(tuple(user_shards.get_partition_keys()))
+    for count in range(1, SHARD_COUNT + 1):
+        groups = shard_groups(every, count)
+        sizes = [len(group.shards) for group in groups]
+        assert len(groups) == count and max(sizes) - min(sizes) <= 1
+        assert [shard for group in groups for shard in group.shards] == list(every.shards)
+    assert len(shard_groups(Scope(("03", "04", "05")), 8)) == 3
+    one_user = Scope(("07",), user_id=uuid.uuid4())
+    assert shard_groups(one_user, 4) == [one_user]
+
+
+@pytest.mark.parametrize("groups", [None, 1, 3, 4, 16], ids=lambda g: f"groups-{g or 'default'}")
+def test_shard_groups_at_once_compute_exactly_the_oracle(engine, db, instance, groups):
+    user_ids = make_journals(engine, seed=41, user_count=150)
+    with engine.begin() as c:  # stale rows, some of them as they should be
+        c.execute(
+            insert(user_discipline_stats),
+            [{"user_id": u, **dict.fromkeys(STAT_COLUMNS, 0)} for u in user_ids[:40]],
+        )
+    config = {} if groups is None else {"parallel_groups": groups}
+
+    execution = run_rollup(db, instance, **config)
+
+    assert execution.success, failure_message(execution)
+    expected = expected_stats(engine)
+    assert as_records(stored_stats(engine)) == as_records(expected)
+    assert recorded_counts_by_shard(execution) == oracle_counts_by_shard(
+        engine, user_shards.get_partition_keys()
+    )
+    result = job_result(execution)
+    assert result["parallelGroups"] == (groups or 2)
+    already_right = int((expected.loc[user_ids[:40]] == 0).all(axis=1).sum())
+    assert already_right > 0  # users with no journal: their zero rows stay as they were
+    assert result["usersComputed"] == 150
+    assert (
+        result["usersUpdated"] == sum(written_by_shard(execution).values()) == 150 - already_right
+    )
+
+
+def test_a_range_in_more_groups_than_shards_writes_its_shards_only(engine, db, instance):
+    user_ids = make_journals(engine, seed=42, user_count=120)
+
+    execution = run_rollup(db, instance, tags=SOME_SHARDS, parallel_groups=8)
+
+    assert execution.success
+    assert job_result(execution)["parallelGroups"] == 3
+    expected_ids = {u for u in user_ids if shard_of(u) in {"03", "04", "05"}}
+    assert as_records(stored_stats(engine)) == as_records(
+        expected_stats(engine).loc[sorted(expected_ids)]
+    )
+
+
+REFUSE_SHARD = """
+CREATE FUNCTION refuse_shard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF get_byte(uuid_send(NEW.user_id), 15) % 16 = {shard} THEN
+        RAISE EXCEPTION 'shard {shard} refused for the test';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_shard BEFORE INSERT OR UPDATE ON user_discipline_stats
+    FOR EACH ROW EXECUTE FUNCTION refuse_shard();
+"""
+
+
+def test_a_failing_group_fails_the_run_and_writes_nothing_while_the_others_commit(
+    engine, db, instance
+):
+    user_ids = make_journals(engine, seed=43, user_count=160)
+    assert run_rollup(db, instance, parallel_groups=4).success
+    with engine.begin() as c:  # the journal moves on: most users' counts change
+        c.execute(update(shots).values(stop_loss_honored=func.not_(shots.c.stop_loss_honored)))
+        c.execute(text(REFUSE_SHARD.format(shard=13)))
+    before = as_records(stored_stats(engine))
+    failing_group = {"12", "13", "14", "15"}  # 16 shards in 4 groups: 13 lies in the last
+    in_failing_group = sorted(u for u in user_ids if shard_of(u) in failing_group)
+    elsewhere = sorted(u for u in user_ids if shard_of(u) not in failing_group)
+    expected = expected_stats(engine)
+    assert as_records(expected.loc[in_failing_group]) != {u: before[u] for u in in_failing_group}
+
+    failed = run_rollup(db, instance, parallel_groups=4)
+
+    assert not failed.success
+    assert "shard 13 refused for the test" in failure_message(failed)
+    assert failed.get_asset_materialization_events() == []
+    after = as_records(stored_stats(engine))
+    assert {u: after[u] for u in in_failing_group} == {u: before[u] for u in in_failing_group}
+    assert {u: after[u] for u in elsewhere} == as_records(expected.loc[elsewhere])
+    messages = log_messages(instance, failed)
+    assert any(
+        "Writing shards 12, 13, 14, 15 failed, nothing of it was written" in m for m in messages
+    )
+
+    with engine.begin() as c:
+        c.execute(text("DROP TRIGGER refuse_shard ON user_discipline_stats"))
+    again = run_rollup(db, instance, parallel_groups=4)
+
+    assert again.success
+    assert as_records(stored_stats(engine)) == as_records(expected)
+    written = written_by_shard(again)
+    assert all(written[shard] == 0 for shard in written if shard not in failing_group)
+    assert sum(written[shard] for shard in failing_group) > 0
+
+
+def test_a_run_with_nothing_changed_writes_nothing_and_a_new_shot_moves_one_row(
+    engine, db, instance
+):
+    user_ids = make_journals(engine, seed=44, user_count=80)
+    first = run_rollup(db, instance)
+    assert first.success
+    versions = row_versions(engine)
+    shots_total = job_result(first)["shotsCounted"]
+
+    unchanged = run_rollup(db, instance)
+
+    assert unchanged.success
+    assert set(written_by_shard(unchanged).values()) == {0}
+    result = job_result(unchanged)
+    assert (result["usersUpdated"], result["usersComputed"]) == (0, 80)
+    assert result["shotsCounted"] == shots_total  # over every computed user, not the written
+    assert row_versions(engine) == versions  # none rewritten nor locked: no new xmin, xmax
+
+    with engine.begin() as c:  # one new shot on one user's aim
+        aim_id, owner = c.execute(
+            select(aims.c.id, targets.c.user_id)
+            .join(targets, targets.c.id == aims.c.target_id)
+            .order_by(aims.c.id)
+            .limit(1)
+        ).one()
+        c.execute(insert(shots).values(aim_id=aim_id, stop_loss_honored=True))
+    assert owner in user_ids
+
+    one_shot = run_rollup(db, instance)
+
+    assert one_shot.success
+    assert written_by_shard(one_shot) == {
+        shard: int(shard == shard_of(owner)) for shard in user_shards.get_partition_keys()
+    }
+    assert job_result(one_shot)["shotsCounted"] == shots_total + 1
+    moved = row_versions(engine)
+    assert {u for u in versions if moved[u] != versions[u]} == {owner}
+    assert moved[owner][0] != versions[owner][0] and moved[owner][2] > versions[owner][2]
+    assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))

@@ -1,9 +1,22 @@
 """discipline-stats-rollup: per-user discipline statistics (daily 01:00 UTC).
 
-The original design looped over every user with three queries each; here one
-set-based `INSERT ... SELECT ... ON CONFLICT` statement per run computes every
-user of the run's shards inside PostgreSQL, so the job's memory does not grow with
-the number of users and there is no round trip per user.
+The original design looped over every user with three queries each; here set-based
+`INSERT ... SELECT ... ON CONFLICT` statements compute every user of the run's shards
+inside PostgreSQL, so the job's memory does not grow with the number of users and
+there is no round trip per user.
+
+PostgreSQL plans no parallel workers under an INSERT, so one statement uses one of
+the server's cores. The run's shards are therefore split into `parallel_groups`
+contiguous groups, each written at the same time on a connection of its own, each in
+ONE transaction: a group that fails leaves its shards as they were (the others'
+commits stand; a re-run recomputes), and the run fails once every group has ended.
+
+Only what changed is written: a row whose counts equal the computed ones is skipped
+(`ON CONFLICT ... DO UPDATE ... WHERE (counts) IS DISTINCT FROM (EXCLUDED's)`): no new
+row version, no WAL. So `updated_at` is when the row's counts last changed (or the row
+was first written), not when a run last looked at it; the time of the latest run is
+its shard's materialization's. `usersUpdated` counts the rows written (new or
+changed); `usersComputed` and `shotsCounted` cover every user the run computed.
 
 Users are split into 16 hash shards (the low 4 bits of the id's last byte, which is
 random in UUIDv4 and UUIDv7 alike). The shards are the asset's partitions: a run
@@ -12,16 +25,18 @@ many users there are, and operators can still backfill a slice of users from the
 A run launched with no partition (the Launchpad with none chosen) covers every shard,
 as the schedule's run does.
 
-The one statement's written rows are counted per shard in SQL, and each shard gets a
-materialization of its own with its own counts (one `MaterializeResult` for a range
-would stamp the whole run's counts on every shard of the asset's Partitions plots).
+Each group's statement counts its computed and written rows per shard in SQL, and
+each shard gets a materialization of its own with its own counts (one `MaterializeResult`
+for a range would stamp the whole run's counts on every shard of the asset's Partitions
+plots).
 The run's totals, the `Result:` line, are recorded as an observation of the asset.
 """
 
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,8 +44,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Connection,
+    Engine,
     Select,
     cast,
     exc,
@@ -43,7 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.app_tables import Timestamptz, aims, shots, targets, user_discipline_stats, users
-from jobs_pipeline.database import AppDatabase
+from jobs_pipeline.database import AppDatabase, create_app_engine, first_line, is_connection_loss
 from jobs_pipeline.jobs.reporting import (
     JobReport,
     JobResult,
@@ -85,7 +102,23 @@ class RollupConfig(dg.Config):
         default=30, ge=1, le=24 * 60, description="The rollup statement's own time limit."
     )
     work_mem_mb: int = Field(
-        default=256, ge=4, le=8192, description="Memory PostgreSQL may use for the aggregate."
+        default=256,
+        ge=4,
+        le=8192,
+        description="Memory PostgreSQL may use for the aggregate (per group's connection).",
+    )
+    parallel_groups: int = Field(
+        default=2,
+        ge=1,
+        le=SHARD_COUNT,
+        description=(
+            "How many groups of the run's shards are written at the same time, each on a"
+            " connection of its own and in one transaction of its own (PostgreSQL runs an"
+            " INSERT on one core). 2 measured best on a 2-core database server; on a bigger"
+            " server raise it up to the server's cores, within its max_connections budget"
+            " (each group holds one connection, besides the run's writer lock, and its own"
+            " work_mem). 1 writes every shard in one statement."
+        ),
     )
 
 
@@ -176,35 +209,112 @@ def computed_stats(scope: Scope, now: datetime) -> Select[Any]:
 
 @dataclass(frozen=True)
 class ShardCounts:
-    """What a run wrote in one shard: that shard's point on the asset's Partitions plots."""
+    """A run's figures in one shard: that shard's point on the asset's Partitions plots.
+
+    `users_updated` are the rows written (new or changed); `users_computed` and
+    `shots_counted` cover every user of the shard, so they mean something on a day when
+    nothing changed.
+    """
 
     users_updated: int = 0
+    users_computed: int = 0
     shots_counted: int = 0
 
 
-def upsert_stats(connection: Connection, scope: Scope, now: datetime) -> dict[str, ShardCounts]:
-    """Writes every in-scope user's row in one statement; returns each scope shard's counts.
+def already_right(computed: CTE) -> ColumnElement[bool]:
+    """The user's stored row holds exactly the computed counts.
 
-    The written rows are counted per shard inside the same statement, so per-shard
-    numbers cost neither a round trip per user nor the rows' trip to Python. A shard
-    of the scope with no users is there too, with zeros.
+    Such rows are left out before the upsert, not only skipped by its `DO UPDATE ...
+    WHERE`: ON CONFLICT locks every conflicting row before it evaluates that WHERE, and
+    a row lock is WAL too (a full page image per page after a checkpoint), so a day
+    when nothing changed would still write WAL for every page. The `DO UPDATE ... WHERE`
+    stays for a row another writer changed meanwhile.
     """
-    columns = ["user_id", *STAT_COLUMNS, "updated_at"]
-    insert = pg_insert(user_discipline_stats).from_select(columns, computed_stats(scope, now))
+    stored = user_discipline_stats.alias("stored")
+    return (
+        select(stored.c.user_id)
+        .where(
+            stored.c.user_id == computed.c.user_id,
+            tuple_(*(stored.c[name] for name in STAT_COLUMNS)).is_not_distinct_from(
+                tuple_(*(computed.c[name] for name in STAT_COLUMNS))
+            ),
+        )
+        .exists()
+    )
+
+
+def upsert_stats(connection: Connection, scope: Scope, now: datetime) -> dict[str, ShardCounts]:
+    """Writes the in-scope users' rows that changed in one statement; returns each scope
+    shard's counts.
+
+    A row whose counts are already right is neither rewritten nor locked (no new row
+    version, no WAL), so `updated_at` moves only when the counts do. The computed and
+    the written rows are counted per shard inside the same statement, so per-shard numbers
+    cost neither a round trip per user nor the rows' trip to Python. A shard of the scope
+    with no users is there too, with zeros.
+    """
+    computed = computed_stats(scope, now).cte("computed")
+    insert = pg_insert(user_discipline_stats).from_select(
+        ["user_id", *STAT_COLUMNS, "updated_at"],
+        select(computed).where(~already_right(computed)),
+    )
+    stored = user_discipline_stats.c
     upsert = insert.on_conflict_do_update(
-        index_elements=[user_discipline_stats.c.user_id],
+        index_elements=[stored.user_id],
         set_={name: insert.excluded[name] for name in [*STAT_COLUMNS, "updated_at"]},
-    ).returning(user_discipline_stats.c.user_id, user_discipline_stats.c.total_shots)
+        where=tuple_(*(stored[name] for name in STAT_COLUMNS)).is_distinct_from(
+            tuple_(*(insert.excluded[name] for name in STAT_COLUMNS))
+        ),
+    ).returning(stored.user_id)
     written = upsert.cte("written")
-    shard = user_shard(written.c.user_id).label("shard")
-    per_shard = select(
-        shard, func.count(), func.coalesce(func.sum(written.c.total_shots), 0)
-    ).group_by(shard)
+    computed_shard = user_shard(computed.c.user_id).label("shard")
+    per_shard = (
+        select(
+            computed_shard,
+            func.count().label("users"),
+            func.coalesce(func.sum(computed.c.total_shots), 0).label("shots"),
+        )
+        .group_by(computed_shard)
+        .subquery("per_shard")
+    )
+    written_shard = user_shard(written.c.user_id).label("shard")
+    written_per_shard = (
+        select(written_shard, func.count().label("rows"))
+        .group_by(written_shard)
+        .subquery("written_per_shard")
+    )
     counted = {
-        f"{number:02d}": ShardCounts(int(users_updated), int(shots_counted))
-        for number, users_updated, shots_counted in connection.execute(per_shard)
+        f"{number:02d}": ShardCounts(int(rows), int(users_computed), int(shots))
+        for number, users_computed, shots, rows in connection.execute(
+            select(
+                per_shard.c.shard,
+                per_shard.c.users,
+                per_shard.c.shots,
+                func.coalesce(written_per_shard.c.rows, 0),
+            ).select_from(
+                per_shard.outerjoin(
+                    written_per_shard, written_per_shard.c.shard == per_shard.c.shard
+                )
+            )
+        )
     }
     return {key: counted.get(key, ShardCounts()) for key in scope.shards}
+
+
+def shard_groups(scope: Scope, parallel_groups: int) -> list[Scope]:
+    """The scope split into at most `parallel_groups` contiguous groups of shards, as
+    even as can be (16 shards in 3 groups: 6, 5, 5); one user is one group.
+    """
+    if scope.user_id is not None:
+        return [scope]
+    count = max(1, min(parallel_groups, len(scope.shards)))
+    size, extra = divmod(len(scope.shards), count)
+    groups, start = [], 0
+    for index in range(count):
+        end = start + size + (1 if index < extra else 0)
+        groups.append(Scope(shards=scope.shards[start:end]))
+        start = end
+    return groups
 
 
 def count_stale_rows(connection: Connection, scope: Scope, now: datetime) -> tuple[int, int]:
@@ -376,9 +486,12 @@ def resolve_scope(
                 "Per-user discipline statistics: shots through aims to the user's targets,"
                 " stop-loss and profit-target honored/ignored (NULL counts in the total only),"
                 " abort triggers honored (abort_triggered) and ignored (a trigger set, not"
-                " triggered). Every user has a row, zeros without targets. Each shard's"
-                " materialization records that shard's usersUpdated and shotsCounted (and the"
-                " run's scope); the run's totals (result, seconds) are an observation."
+                " triggered). Every user has a row, zeros without targets. A row is rewritten"
+                " only when its counts change, so updated_at is when its counts last changed;"
+                " the latest run's time is its shard's materialization's. Each shard's"
+                " materialization records that shard's usersUpdated (rows new or changed),"
+                " usersComputed and shotsCounted (every user of the shard) and the run's scope;"
+                " the run's totals (result, seconds) are an observation."
             ),
             partitions_def=user_shards,
             # The output is never yielded: a run records each shard's materialization
@@ -399,7 +512,7 @@ def resolve_scope(
 def user_discipline_stats_asset(
     context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase
 ) -> Any:
-    """Recomputes the statistics of every user in the run's shards in one statement."""
+    """Recomputes the statistics of every user in the run's shards, writing what changed."""
     with job_step(context.op_execution_context, db, writes=WRITES, dry_run=config.dry_run):
         yield from roll_up(context, config, db)
 
@@ -416,9 +529,14 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
         yield from evaluate_checks(db, scope)
         return
     started = time.monotonic()
-    per_shard = upsert_while_users_come_and_go(db, config, scope, now, report)
-    result = run_totals(per_shard, time.monotonic() - started, now)
-    report.info(f"Updated stats for {result['usersUpdated']} users ({scope.describe()})")
+    groups = shard_groups(scope, config.parallel_groups)
+    per_shard = write_groups(db, config, groups, now, report)
+    result = run_totals(per_shard, len(groups), time.monotonic() - started, now)
+    report.info(
+        f"Computed stats for {result['usersComputed']} users ({scope.describe()},"
+        f" {len(groups)} group{'s' if len(groups) > 1 else ''} at once);"
+        f" {result['usersUpdated']} rows new or changed were written"
+    )
     report.log_result(result)
     for materialization in shard_materializations(per_shard, scope):
         context.log_event(materialization)
@@ -431,11 +549,15 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
     yield from evaluate_checks(db, scope)
 
 
-def run_totals(per_shard: Mapping[str, ShardCounts], seconds: float, now: datetime) -> JobResult:
+def run_totals(
+    per_shard: Mapping[str, ShardCounts], groups: int, seconds: float, now: datetime
+) -> JobResult:
     """The run's result: the operators' `Result:` line and what `launch.result_of` reads."""
     return {
         "usersUpdated": sum(counts.users_updated for counts in per_shard.values()),
+        "usersComputed": sum(counts.users_computed for counts in per_shard.values()),
         "shotsCounted": sum(counts.shots_counted for counts in per_shard.values()),
+        "parallelGroups": groups,
         "seconds": round(seconds, 3),
         "timestamp": iso_utc(now),
     }
@@ -454,6 +576,7 @@ def shard_materializations(
             partition=shard,
             metadata={
                 "usersUpdated": dg.MetadataValue.int(counts.users_updated),
+                "usersComputed": dg.MetadataValue.int(counts.users_computed),
                 "shotsCounted": dg.MetadataValue.int(counts.shots_counted),
                 "scope": dg.MetadataValue.text(scope.describe()),
             },
@@ -466,20 +589,81 @@ FOREIGN_KEY_VIOLATION = "23503"
 ATTEMPTS_WHILE_USERS_ARE_DELETED = 3
 
 
+@dataclass(frozen=True)
+class GroupOutcome:
+    """A group's committed counts, and how often its statement was taken again."""
+
+    counts: dict[str, ShardCounts]
+    reruns: int
+
+
 def upsert_while_users_come_and_go(
-    db: AppDatabase, config: RollupConfig, scope: Scope, now: datetime, report: JobReport
-) -> dict[str, ShardCounts]:
+    engine: Engine, config: RollupConfig, group: Scope, now: datetime
+) -> GroupOutcome:
+    """One group's write, one transaction; again on a fresh snapshot if a user went."""
     for attempt in range(1, ATTEMPTS_WHILE_USERS_ARE_DELETED + 1):
         try:
-            with db.transaction() as connection:
+            with engine.begin() as connection:
                 prepare_transaction(connection, config)
-                return upsert_stats(connection, scope, now)
+                return GroupOutcome(upsert_stats(connection, group, now), reruns=attempt - 1)
         except exc.IntegrityError as error:
             deleted_meanwhile = getattr(error.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION
             if not deleted_meanwhile or attempt == ATTEMPTS_WHILE_USERS_ARE_DELETED:
                 raise
-            report.warning("A user was deleted while their stats were written; running again")
     raise AssertionError("unreachable")
+
+
+def write_group(db: AppDatabase, config: RollupConfig, group: Scope, now: datetime) -> GroupOutcome:
+    """A group's write on an engine of its own: the resource's pool is sized for a few
+    short transactions, and every group must hold its connection at the same time.
+    """
+    engine = create_app_engine(
+        db.url, statement_timeout_ms=db.statement_timeout_ms, lock_timeout_ms=db.lock_timeout_ms
+    )
+    try:
+        return upsert_while_users_come_and_go(engine, config, group, now)
+    finally:
+        engine.dispose()
+
+
+def write_groups(
+    db: AppDatabase,
+    config: RollupConfig,
+    groups: Sequence[Scope],
+    now: datetime,
+    report: JobReport,
+) -> dict[str, ShardCounts]:
+    """Writes every group at the same time (threads: this is database work inside one
+    step) and waits for all of them; then a failed group fails the run.
+
+    Each group is one transaction, so a failed group wrote nothing and the others'
+    commits are whole; a re-run recomputes. A lost connection is raised first when any
+    group lost one, so the step is retried rather than failed.
+    """
+    with ThreadPoolExecutor(len(groups), thread_name_prefix="rollup-group") as pool:
+        futures = [pool.submit(write_group, db, config, group, now) for group in groups]
+    outcomes = dict(zip((group.describe() for group in groups), futures, strict=True))
+    errors = {name: future.exception() for name, future in outcomes.items()}
+    failed = {name: error for name, error in errors.items() if error is not None}
+    for name, future in outcomes.items():
+        if name not in failed and future.result().reruns:
+            report.warning(f"A user was deleted while writing {name}; that group ran again")
+    if failed:
+        raise_group_failure(failed, [name for name in outcomes if name not in failed], report)
+    return {shard: counts for future in futures for shard, counts in future.result().counts.items()}
+
+
+def raise_group_failure(
+    failed: Mapping[str, BaseException], committed: Sequence[str], report: JobReport
+) -> None:
+    """Says which groups wrote nothing and which stand, then raises one group's error."""
+    for name, error in failed.items():
+        report.error(f"Writing {name} failed, nothing of it was written: {first_line(error)}")
+    if committed:
+        report.warning(f"Written and kept: {'; '.join(committed)} (a re-run recomputes all)")
+    errors = list(failed.values())
+    lost = [e for e in errors if isinstance(e, exc.DBAPIError) and is_connection_loss(e)]
+    raise (lost or errors)[0]
 
 
 def dry_run(
