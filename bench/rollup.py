@@ -1,63 +1,133 @@
 """Benchmark of discipline-stats-rollup: the seed's loop, this project, and the floor.
 
-    .venv/bin/python -m bench.rollup --users 10000 100000
-    .venv/bin/python -m bench.rollup --users 1000 --seed-sample 500   # a quick look
+    .venv/bin/python -m bench.rollup --users 100000 1000000 --seed-sample 2000   # the figures
+    .venv/bin/python -m bench.rollup --users 1000 --seed-sample 500 --rounds 1   # a quick look
 
-For each size, on one fresh database in one process run: (a) the original design's
-per-user loop (over `--seed-sample` users when given, its rate then applied to all),
-(b) this project's rollup through Dagster, all shards in one run (its own process,
-for its peak memory), and (c) one hand-written INSERT ... SELECT ... ON CONFLICT
-statement, the floor for this database. (b) and (c) run twice, alternating, best
-kept. Prints a table and writes the same figures as JSON.
+(On a quiet machine: the 1M size needs several GB in the temporary folder and takes
+tens of minutes, most of it generating the data and the 2 rounds of each variant.)
+
+For each size, on one fresh database in one process run, it times (c) one
+hand-written INSERT ... SELECT ... ON CONFLICT statement, the floor for this database
+(it skips rows whose counts did not change); (b) this project's rollup through
+Dagster, all shards in one run, in a process of its own (for its peak memory and
+events), at its default degree and at `parallel_groups: 1`, so the gain of the
+parallel path is visible; and (a) the original design's per-user loop (over
+`--seed-sample` users when given, its rate then applied to all).
+
+Each of (b) and (c) runs twice per round: a FIRST run into an empty
+user_discipline_stats (TRUNCATE before), and a STEADY-STATE run where nothing changed
+(the table already holds exactly the current statistics). For each, the time and the
+WAL it wrote (see bench/measuring.py: a CHECKPOINT comes first, and the table is
+vacuumed before the steady-state run, so neither figure depends on what happened to
+be pending). After every run, a fingerprint of the rows proves it computed what the
+floor did. `--rounds` rounds, the variants' order reversed every other round; the
+best time and the largest WAL of each are kept. Prints the tables and writes JSON.
 """
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
 
 from bench.generate import generate
+from bench.measuring import (
+    checkpoint,
+    render_table,
+    run_in_own_process,
+    wal_bytes_since,
+    wal_position,
+)
 from bench.seed_baseline import seed_rollup
 from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.jobs.discipline_stats_rollup import RollupConfig
 
 FLOOR_SQL = (Path(__file__).parent / "floor.sql").read_text()
+FLOOR = "(c) floor"
+PHASES = ("first", "steady")
 
 
 @dataclass
-class Figures:
+class Run:
+    """One run of one variant: how long it took and the WAL it wrote."""
+
+    seconds: float
+    wal_bytes: int
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Variant:
+    """(c), or (b) at one degree: its best figures over the rounds."""
+
+    name: str
+    op_config: dict[str, Any] | None  # None: the floor statement, not a Dagster run
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {p: [] for p in PHASES})
+    peak_rss_mb: float | None = None
+    events: int | None = None
+
+    def seconds(self, phase: str) -> float:
+        return min(run.seconds for run in self.runs[phase])
+
+    def wal_bytes(self, phase: str) -> int:
+        return max(run.wal_bytes for run in self.runs[phase])
+
+
+@dataclass
+class SizeFigures:
     users: int
     shots: int
+    generate_seconds: float
     seed_seconds: float
     seed_users_timed: int
-    dagster_seconds: float
-    floor_seconds: float
-    dagster_peak_rss_mb: float
-    dagster_events: int
+    variants: list[Variant]
 
-    @property
-    def ratio_dagster_to_floor(self) -> float:
-        return self.dagster_seconds / self.floor_seconds
+    def floor(self) -> Variant:
+        return next(v for v in self.variants if v.op_config is None)
 
-    @property
-    def ratio_seed_to_dagster(self) -> float:
-        return self.seed_seconds / self.dagster_seconds
+    def default_rollup(self) -> Variant:
+        return next(v for v in self.variants if v.op_config == {})
 
 
-def time_floor(engine: Engine) -> float:
+def rollup_variants() -> list[Variant]:
+    """The floor, the rollup at its default degree, and at one group (when that differs)."""
+    default = RollupConfig.model_fields["parallel_groups"].default
+    variants = [Variant(FLOOR, None), Variant(f"(b) rollup, default ({default})", {})]
+    if default != 1:
+        variants.append(Variant("(b) rollup, 1 group", {"parallel_groups": 1}))
+    return variants
+
+
+def run_floor(engine: Engine) -> Run:
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SET LOCAL work_mem = '256MB'"))
         started = time.perf_counter()
         connection.exec_driver_sql(FLOOR_SQL.replace("%", "%%"))
-        return time.perf_counter() - started
+    return Run(seconds=time.perf_counter() - started, wal_bytes=0)
+
+
+def run_dagster(url: str, variant: Variant) -> Run:
+    out = run_in_own_process("bench.dagster_rollup", url, json.dumps(variant.op_config or {}))
+    variant.peak_rss_mb = max(variant.peak_rss_mb or 0.0, float(out["peak_rss_mb"]))
+    variant.events = int(out["events"])
+    return Run(seconds=float(out["seconds"]), wal_bytes=0, result=dict(out.get("result", {})))
+
+
+def measured(engine: Engine, url: str, variant: Variant) -> Run:
+    """One run of `variant` after a CHECKPOINT, with the WAL it wrote."""
+    checkpoint(engine)
+    position = wal_position(engine)
+    run = run_floor(engine) if variant.op_config is None else run_dagster(url, variant)
+    run.wal_bytes = wal_bytes_since(engine, position)
+    return run
 
 
 def stats_fingerprint(engine: Engine) -> str:
@@ -76,77 +146,199 @@ def stats_fingerprint(engine: Engine) -> str:
         )
 
 
-def time_dagster(url: str) -> dict[str, float]:
-    out = subprocess.run(  # noqa: S603 (our own interpreter and module)
-        [sys.executable, "-m", "bench.dagster_rollup", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
 def check_agreement(engine: Engine, expected: str, who: str) -> None:
     if stats_fingerprint(engine) != expected:
         raise SystemExit(f"{who} computed statistics that differ from the floor statement's")
 
 
-def measure(postgres: EmbeddedPostgres, users: int, seed_sample: int | None) -> Figures:
+def truncate_stats(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE user_discipline_stats"))
+
+
+def vacuum_stats(engine: Engine) -> None:
+    """Sets the new rows' hint bits and visibility outside the measured window: otherwise
+    the steady-state run would pay (in WAL) for the first run's leftovers.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SET statement_timeout = 0"))
+        connection.execute(text("VACUUM (ANALYZE) user_discipline_stats"))
+
+
+def no_background_vacuum(engine: Engine) -> None:
+    """Autovacuum off for the statistics table of this bench database only, so a
+    background vacuum never lands inside a measured window; the bench vacuums it itself.
+    """
+    with engine.begin() as connection:
+        connection.execute(
+            text("ALTER TABLE user_discipline_stats SET (autovacuum_enabled = false)")
+        )
+
+
+def round_of(engine: Engine, url: str, variants: list[Variant], expected: str) -> None:
+    for variant in variants:
+        truncate_stats(engine)
+        variant.runs["first"].append(measured(engine, url, variant))
+        check_agreement(engine, expected, f"{variant.name}, first run")
+        vacuum_stats(engine)
+        variant.runs["steady"].append(measured(engine, url, variant))
+        check_agreement(engine, expected, f"{variant.name}, steady-state run")
+
+
+def measure(
+    postgres: EmbeddedPostgres, users: int, seed_sample: int | None, rounds: int
+) -> SizeFigures:
     database = f"bench_{users}"
     postgres.ensure_database(database)
     url = postgres.url(database)
     engine = create_app_engine(url, statement_timeout_ms=3_600_000)
     try:
         create_app_schema(engine)
+        no_background_vacuum(engine)
         print(f"[{users} users] generating...", file=sys.stderr)
+        started = time.perf_counter()
         generate(engine, users)
+        generate_seconds = time.perf_counter() - started
+        print(f"[{users} users] generated in {generate_seconds:.1f} s", file=sys.stderr)
         with engine.connect() as connection:
             shots = int(connection.execute(text("SELECT count(*) FROM shots")).scalar_one())
-        time_floor(engine)  # warm the caches once, untimed
+        run_floor(engine)  # warm the caches once, untimed
         expected = stats_fingerprint(engine)
-        dagster_runs, floor_runs = [], []
-        for _ in range(2):
-            dagster_runs.append(time_dagster(url))
-            check_agreement(engine, expected, "(b) this project's rollup")
-            floor_runs.append(time_floor(engine))
-        best = min(dagster_runs, key=lambda run: run["seconds"])
+        variants = rollup_variants()
+        for number in range(rounds):
+            print(f"[{users} users] round {number + 1} of {rounds}...", file=sys.stderr)
+            round_of(engine, url, variants if number % 2 == 0 else variants[::-1], expected)
         print(f"[{users} users] seed loop...", file=sys.stderr)
-        with engine.begin() as connection:
-            connection.execute(text("TRUNCATE user_discipline_stats"))
+        truncate_stats(engine)
         started = time.perf_counter()
         timed = seed_rollup(engine, limit=seed_sample)
         seed_seconds = (time.perf_counter() - started) * users / timed
         if timed == users:
             check_agreement(engine, expected, "(a) the seed's loop")
-        return Figures(
+        return SizeFigures(
             users=users,
             shots=shots,
+            generate_seconds=generate_seconds,
             seed_seconds=seed_seconds,
             seed_users_timed=timed,
-            dagster_seconds=best["seconds"],
-            floor_seconds=min(floor_runs),
-            dagster_peak_rss_mb=max(run["peak_rss_mb"] for run in dagster_runs),
-            dagster_events=int(best["events"]),
+            variants=variants,
         )
     finally:
         engine.dispose()
 
 
-def table(results: list[Figures]) -> str:
-    header = (
-        f"{'users':>9} {'shots':>10} {'(a) seed s':>11} {'(b) dagster s':>14} {'(c) floor s':>12}"
-        f" {'(b) users/s':>12} {'b/c':>6} {'a/b':>7} {'(b) peak MB':>12} {'(b) events':>11}"
-    )
-    lines = [header]
-    for r in results:
-        note = "" if r.seed_users_timed == r.users else f"  (a) from {r.seed_users_timed} users"
-        lines.append(
-            f"{r.users:>9} {r.shots:>10} {r.seed_seconds:>11.2f} {r.dagster_seconds:>14.2f}"
-            f" {r.floor_seconds:>12.2f} {r.users / r.dagster_seconds:>12.0f}"
-            f" {r.ratio_dagster_to_floor:>6.2f} {r.ratio_seed_to_dagster:>7.1f}"
-            f" {r.dagster_peak_rss_mb:>12.0f} {r.dagster_events:>11}{note}"
+def ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def time_rows(results: list[SizeFigures]) -> list[dict[str, Any]]:
+    """One row per size and variant: times, against the floor's, memory and events."""
+    rows: list[dict[str, Any]] = []
+    for size in results:
+        floor = size.floor()
+        for v in size.variants:
+            rows.append(
+                {
+                    "users": size.users,
+                    "variant": v.name,
+                    "first s": v.seconds("first"),
+                    "steady s": v.seconds("steady"),
+                    "first /c": ratio(v.seconds("first"), floor.seconds("first")),
+                    "steady /c": ratio(v.seconds("steady"), floor.seconds("steady")),
+                    "peak MB": v.peak_rss_mb,
+                    "events": v.events,
+                }
+            )
+        note = "" if size.seed_users_timed == size.users else f" ({size.seed_users_timed} timed)"
+        rows.append(
+            {
+                "users": size.users,
+                "variant": f"(a) seed loop{note}",
+                "first s": size.seed_seconds,
+                "first /c": ratio(size.seed_seconds, floor.seconds("first")),
+            }
         )
-    return "\n".join(lines)
+    return rows
+
+
+def wal_rows(results: list[SizeFigures]) -> list[dict[str, Any]]:
+    """One row per size and variant: the WAL of a first and of a steady-state run."""
+    return [
+        {
+            "users": size.users,
+            "variant": v.name,
+            "first WAL MB": v.wal_bytes("first") / 1e6,
+            "steady WAL MB": v.wal_bytes("steady") / 1e6,
+            "steady/first %": 100 * (ratio(v.wal_bytes("steady"), v.wal_bytes("first")) or 0),
+        }
+        for size in results
+        for v in size.variants
+    ]
+
+
+def size_rows(results: list[SizeFigures]) -> list[dict[str, Any]]:
+    return [
+        {
+            "users": size.users,
+            "shots": size.shots,
+            "generate s": size.generate_seconds,
+            "a/b": ratio(size.seed_seconds, size.default_rollup().seconds("first")),
+        }
+        for size in results
+    ]
+
+
+def report(results: list[SizeFigures]) -> str:
+    """The tables: data, time (ratios to the floor's same phase), WAL."""
+    time_formats = {"first s": ".2f", "steady s": ".2f", "first /c": ".2f", "steady /c": ".2f"}
+    parts = [
+        "Data\n" + render_table(size_rows(results), {"generate s": ".1f", "a/b": ".1f"}),
+        "Time\n"
+        + render_table(time_rows(results), {**time_formats, "peak MB": ".0f", "events": ".0f"}),
+        "WAL\n"
+        + render_table(
+            wal_rows(results),
+            {"first WAL MB": ".2f", "steady WAL MB": ".3f", "steady/first %": ".1f"},
+        ),
+    ]
+    return "\n\n".join(parts)
+
+
+def as_json(results: list[SizeFigures]) -> list[dict[str, Any]]:
+    out = []
+    for size in results:
+        floor = size.floor()
+        variants = []
+        for v in size.variants:
+            figures: dict[str, Any] = {
+                "name": v.name,
+                "op_config": v.op_config,
+                "peak_rss_mb": v.peak_rss_mb,
+                "events": v.events,
+            }
+            for phase in PHASES:
+                figures[phase] = {
+                    "seconds": v.seconds(phase),
+                    "wal_bytes": v.wal_bytes(phase),
+                    "ratio_to_floor": ratio(v.seconds(phase), floor.seconds(phase)),
+                    "result": v.runs[phase][-1].result,
+                    "rounds": [asdict(run) for run in v.runs[phase]],
+                }
+            variants.append(figures)
+        out.append(
+            {
+                "users": size.users,
+                "shots": size.shots,
+                "generate_seconds": size.generate_seconds,
+                "seed_seconds": size.seed_seconds,
+                "seed_users_timed": size.seed_users_timed,
+                "ratio_seed_to_dagster": ratio(
+                    size.seed_seconds, size.default_rollup().seconds("first")
+                ),
+                "variants": variants,
+            }
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,29 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed-sample", type=int, help="time the seed's loop on this many users only"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of every variant; the best is kept"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/rollup.json"))
     args = parser.parse_args(argv)
-    if any(n < 1 for n in args.users) or (args.seed_sample is not None and args.seed_sample < 1):
-        parser.error("--users and --seed-sample take positive numbers")
+    numbers = [*args.users, args.rounds, args.seed_sample or 1]
+    if any(n < 1 for n in numbers):
+        parser.error("--users, --rounds and --seed-sample take positive numbers")
 
     with tempfile.TemporaryDirectory(prefix="jpbench") as folder:
         postgres = start_embedded_postgres(Path(folder) / "pg", cleanup_mode="delete")
-        results = [measure(postgres, n, args.seed_sample) for n in args.users]
-    print(table(results))
+        results = [measure(postgres, n, args.seed_sample, args.rounds) for n in args.users]
+    print(report(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            [
-                {
-                    **asdict(r),
-                    "ratio_dagster_to_floor": r.ratio_dagster_to_floor,
-                    "ratio_seed_to_dagster": r.ratio_seed_to_dagster,
-                }
-                for r in results
-            ],
-            indent=2,
-        )
-    )
+    args.json.write_text(json.dumps(as_json(results), indent=2))
     return 0
 
 
