@@ -69,6 +69,15 @@ class RunOptions(BaseModel):
         default=False,
         description="Let tier-expiration or promo-cleanup go past its blast-radius guard.",
     )
+    as_of: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Dry runs of tier-expiration, global-override-check, promo-cleanup and"
+            " trial-reminder only: evaluate the job's rule as if it ran at this ISO-8601 time"
+            " (with an offset or Z)."
+        ),
+    )
 
 
 class ErrorAnswer(BaseModel):
@@ -194,6 +203,7 @@ class AdminApi:
                 user=options.user,
                 allow_large=options.allow_large,
                 app_engine=self.app_engine,
+                as_of=options.as_of,
             )
         except LaunchError as refusal:
             raise ApiError(400, str(refusal)) from None

@@ -57,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-large",
         action="store_true",
-        help="let tier-expiration or promo-cleanup change more rows than its guard allows",
+        help="let tier-expiration or promo-cleanup change more rows than its guards allow",
+    )
+    run.add_argument(
+        "--as-of",
+        metavar="TIMESTAMP",
+        help=(
+            "with --dry-run: evaluate the job's rule as if it ran then (ISO-8601 with an offset,"
+            " e.g. 2026-12-06T02:00:00Z); tier-expiration, global-override-check, promo-cleanup"
+            " and trial-reminder"
+        ),
     )
 
     commands.add_parser("list", help="the jobs, their schedules and the last run of each")
@@ -103,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_dev(args.host, args.port)
         if args.command == "run":
             return command_run(
-                args.job, dry_run=args.dry_run, user=args.user, allow_large=args.allow_large
+                args.job,
+                dry_run=args.dry_run,
+                user=args.user,
+                allow_large=args.allow_large,
+                as_of=args.as_of,
             )
         if args.command == "list":
             return command_list()
@@ -170,7 +183,14 @@ def check_reachable(engine: Any) -> None:
         raise DatabaseUnreachable(f"cannot reach the app database: {first_line(error)}") from None
 
 
-def command_run(job: str, *, dry_run: bool, user: str | None, allow_large: bool = False) -> int:
+def command_run(
+    job: str,
+    *,
+    dry_run: bool,
+    user: str | None,
+    allow_large: bool = False,
+    as_of: str | None = None,
+) -> int:
     from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.jobs.reporting import seed_name
@@ -188,7 +208,12 @@ def command_run(job: str, *, dry_run: bool, user: str | None, allow_large: bool 
         # connection is retried for minutes, as a scheduled run should be.
         check_reachable(app_engine)
         plan = plan_launch(
-            job_def, dry_run=dry_run, user=user, allow_large=allow_large, app_engine=app_engine
+            job_def,
+            dry_run=dry_run,
+            user=user,
+            allow_large=allow_large,
+            app_engine=app_engine,
+            as_of=as_of,
         )
     except LaunchError as error:
         raise UsageError(str(error)) from None

@@ -61,14 +61,18 @@ def plan_launch(
     user: str | None = None,
     allow_large: bool = False,
     app_engine: Engine | None = None,
+    as_of: str | None = None,
 ) -> LaunchPlan:
     """A partitioned job runs all its partitions in one run; `user` (only the rollup
-    takes it) narrows the run to that user's shard and that user.
+    takes it) narrows the run to that user's shard and that user; `as_of` (a dry run of
+    a job whose rule follows the clock) evaluates the rule as if the run happened then.
     """
     from jobs_pipeline.jobs.discipline_stats_rollup import find_user, shard_of
 
     extra: dict[str, Any] = {}
     tags = {DRY_RUN_TAG: "true"} if dry_run else {}
+    if as_of is not None:
+        extra["as_of"] = checked_as_of(job, as_of, dry_run=dry_run)
     if allow_large:
         if not takes_option(job, "allow_large"):
             raise LaunchError(
@@ -93,6 +97,29 @@ def plan_launch(
         tags["dagster/asset_partition_range_start"] = keys[0]
         tags["dagster/asset_partition_range_end"] = keys[-1]
     return LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra), tags=tags)
+
+
+def checked_as_of(job: dg.JobDefinition, as_of: str, *, dry_run: bool) -> str:
+    """`as_of` as given, once it is known to be a timestamp the run will accept: refused
+    here, the caller gets a usage error (exit 2, or 400) instead of a failed run.
+    """
+    from jobs_pipeline.jobs.guard import parse_as_of
+
+    if not takes_option(job, "as_of"):
+        raise LaunchError(
+            "--as-of applies only to tier-expiration, global-override-check, promo-cleanup"
+            f" and trial-reminder, not {job.name}"
+        )
+    if not dry_run:
+        raise LaunchError(
+            "--as-of applies only to dry runs (--dry-run): a real run always uses the"
+            " database's clock"
+        )
+    try:
+        parse_as_of(as_of)
+    except ValueError as bad:
+        raise LaunchError(str(bad)) from None
+    return as_of
 
 
 def op_config_for(job: dg.JobDefinition, **op_config: Any) -> dict[str, Any]:

@@ -280,7 +280,7 @@ def test_the_openapi_document_is_served(api):
     }
     # Generated from the models: the body's options, and every answer of the status table.
     options = document["components"]["schemas"]["RunOptions"]
-    assert set(options["properties"]) == {"dry_run", "user", "allow_large"}
+    assert set(options["properties"]) == {"dry_run", "user", "allow_large", "as_of"}
     assert options["additionalProperties"] is False
     answers = document["paths"]["/api/admin/jobs/{name}"]["post"]["responses"]
     assert set(answers) == {"200", "202", "400", "401", "403", "404", "500"}

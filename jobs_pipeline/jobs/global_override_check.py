@@ -17,13 +17,8 @@ from sqlalchemy import Connection, delete, func, literal, select
 from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import TIERS, global_config
 from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.jobs.reporting import (
-    DryRunConfig,
-    JobReport,
-    JobResult,
-    iso_utc,
-    seed_name,
-)
+from jobs_pipeline.jobs.guard import AsOfConfig, requested_as_of
+from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
 from jobs_pipeline.jobs.writers import job_step, writer_pool
 from jobs_pipeline.ledger import RunIdentity
@@ -163,29 +158,36 @@ def check_once(
 
 @dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def clear_expired_override(
-    context: dg.OpExecutionContext, config: DryRunConfig, db: AppDatabase
+    context: dg.OpExecutionContext, config: AsOfConfig, db: AppDatabase
 ) -> dg.Output[JobResult]:
     """Deletes the global tier override once its `expires_at` has passed.
 
     No override: `{"action": "none"}`; still valid: `{"action": "active", ...}`;
     expired: deleted, `{"action": "cleared", ...}`. A value that is not
     `{"tier": free|premium|pro, "expires_at": ISO-8601}` fails the run and is kept.
+    A dry run may take `as_of`: whether the override would be expired then.
     """
+    as_of = requested_as_of(config)
     with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
-        return check_override(context, config, db)
+        return check_override(context, config, db, as_of)
 
 
 def check_override(
-    context: dg.OpExecutionContext, config: DryRunConfig, db: AppDatabase
+    context: dg.OpExecutionContext,
+    config: AsOfConfig,
+    db: AppDatabase,
+    as_of: datetime | None,
 ) -> dg.Output[JobResult]:
+    """`as_of` (dry runs only) stands in for the database's clock in the rule."""
     report = JobReport(context, seed_name(JOB_NAME))
-    now = db.now()
+    now = as_of if as_of is not None else db.now()
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     for _attempt in range(MAX_READS):
         result = check_once(db, report, now, run, dry_run=config.dry_run)
         if result is not None:
-            # A dry run says so even where there was nothing to clear.
-            return report.result({"dryRun": True, **result} if config.dry_run else result)
+            # A dry run says so, and at what time, even where there was nothing to clear.
+            dry = {"dryRun": True, "asOf": iso_utc(now)}
+            return report.result({**dry, **result} if config.dry_run else result)
     raise dg.Failure(
         description=(
             f"global_config key '{OVERRIDE_KEY}' changed {MAX_READS} times while it was checked;"

@@ -7,6 +7,7 @@ by the next run. A code with `valid_until IS NULL` never expires.
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -28,10 +29,17 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.batching import locked_batch, run_batches
-from jobs_pipeline.jobs.guard import Caps, GuardConfig, check_blast_radius
+from jobs_pipeline.jobs.guard import (
+    AsOfConfig,
+    Caps,
+    Change,
+    Learned,
+    LearnedGuardConfig,
+    guard_change,
+    requested_as_of,
+)
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
-    DryRunConfig,
     JobReport,
     JobResult,
     iso_utc,
@@ -50,7 +58,7 @@ CODES_CAP = 10_000
 REDEMPTIONS_CAP = 1_000_000
 
 
-class PromoCleanupConfig(DryRunConfig, GuardConfig):
+class PromoCleanupConfig(AsOfConfig, LearnedGuardConfig):
     redemption_retention_days: int = Field(
         default=365,
         ge=1,
@@ -70,6 +78,14 @@ class PromoCleanupConfig(DryRunConfig, GuardConfig):
         gt=0,
         le=1,
         description="A run that would deactivate or delete more than this share stops first.",
+    )
+    learned_codes_floor: int = Field(
+        default=100, ge=0, description="The learned bound on codes deactivated is never below this."
+    )
+    learned_redemptions_floor: int = Field(
+        default=1_000,
+        ge=0,
+        description="The learned bound on redemptions deleted is never below this.",
     )
 
 
@@ -199,44 +215,90 @@ def prune_ledger(db: AppDatabase, older_than: datetime, batch_size: int) -> int:
     return sum(len(batch) for batch in run_batches(db, prune_batch, batch_size))
 
 
-def guard(db: AppDatabase, config: PromoCleanupConfig, now: datetime, cutoff: datetime) -> None:
-    """Stops the run before it writes when it would clear out too much of either table."""
+@dataclass(frozen=True)
+class Pending:
+    """What a run would change now, and what each is taken from."""
+
+    codes: int  # active codes past their valid_until
+    active: int  # active codes
+    old: int  # redemptions older than the cutoff
+    total: int  # redemptions
+
+
+def count_pending(db: AppDatabase, now: datetime, cutoff: datetime) -> Pending:
     with db.transaction() as connection:
-        codes = count_rows(connection, promo_codes, is_expired_active_code(now))
-        active = count_rows(connection, promo_codes, promo_codes.c.is_active.is_(True))
-        old = count_rows(connection, promo_redemptions, is_old_redemption(cutoff))
-        total = count_rows(connection, promo_redemptions, true())
-    for what, of_what, about_to_change, out_of, max_rows, floor in (
-        ("deactivate active promo codes", "active codes", codes, active, CODES_CAP, 100),
-        ("delete promo redemptions", "redemptions", old, total, REDEMPTIONS_CAP, 1_000),
-    ):
-        caps = Caps(
-            job=seed_name(JOB_NAME),
-            what=what,
-            out_of_what=of_what,
-            max_rows=max_rows,
-            max_rows_setting="fixed",
-            max_share=config.max_share,
-            max_share_setting="max_share",
-            share_applies_above=floor,
+        return Pending(
+            codes=count_rows(connection, promo_codes, is_expired_active_code(now)),
+            active=count_rows(connection, promo_codes, promo_codes.c.is_active.is_(True)),
+            old=count_rows(connection, promo_redemptions, is_old_redemption(cutoff)),
+            total=count_rows(connection, promo_redemptions, true()),
         )
-        check_blast_radius(caps, about_to_change, out_of, allow_large=config.allow_large)
 
 
-def dry_run(db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime) -> JobResult:
+def changes(config: PromoCleanupConfig, pending: Pending) -> tuple[Change, Change]:
+    """The two things a run changes, each with its fixed caps and its learned bound."""
+    codes = Change(
+        caps_of(config, "deactivate active promo codes", "active codes", CODES_CAP, 100),
+        learned_of(config, "codesDeactivated", config.learned_codes_floor, "learned_codes_floor"),
+        about_to_change=pending.codes,
+        out_of=pending.active,
+    )
+    redemptions = Change(
+        caps_of(config, "delete promo redemptions", "redemptions", REDEMPTIONS_CAP, 1_000),
+        learned_of(
+            config,
+            "redemptionsDeleted",
+            config.learned_redemptions_floor,
+            "learned_redemptions_floor",
+        ),
+        about_to_change=pending.old,
+        out_of=pending.total,
+    )
+    return codes, redemptions
+
+
+def caps_of(
+    config: PromoCleanupConfig, what: str, of_what: str, max_rows: int, share_floor: int
+) -> Caps:
+    return Caps(
+        job=seed_name(JOB_NAME),
+        what=what,
+        out_of_what=of_what,
+        max_rows=max_rows,
+        max_rows_setting="fixed",
+        max_share=config.max_share,
+        max_share_setting="max_share",
+        share_applies_above=share_floor,
+    )
+
+
+def learned_of(config: PromoCleanupConfig, metric: str, floor: int, floor_setting: str) -> Learned:
+    """The learned bound on one count, from that key of past scheduled runs' results."""
+    return Learned(
+        metric=metric,
+        k=config.learned_k,
+        floor=floor,
+        floor_setting=floor_setting,
+        window=config.learned_window,
+        min_runs=config.learned_min_runs,
+    )
+
+
+def dry_run(
+    db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime, pending: Pending
+) -> JobResult:
     with db.transaction() as connection:
-        codes = count_rows(connection, promo_codes, is_expired_active_code(now))
         sample = preview_codes(connection, now)
-        redemptions = count_rows(connection, promo_redemptions, is_old_redemption(cutoff))
-    report.info(f"Would deactivate {codes} expired codes")
+    report.info(f"Would deactivate {pending.codes} expired codes")
     for code_id, code in sample:
         report.row(f"Would deactivate code {code} ({code_id})")
-    report.end_rows("codes would be deactivated", total=codes)
-    report.info(f"Would delete {redemptions} redemption records older than {iso_utc(cutoff)}")
+    report.end_rows("codes would be deactivated", total=pending.codes)
+    report.info(f"Would delete {pending.old} redemption records older than {iso_utc(cutoff)}")
     return {
         "dryRun": True,
-        "wouldDeactivate": codes,
-        "wouldDelete": redemptions,
+        "asOf": iso_utc(now),
+        "wouldDeactivate": pending.codes,
+        "wouldDelete": pending.old,
         "timestamp": iso_utc(now),
     }
 
@@ -247,21 +309,33 @@ def clean_up_promo_codes(
 ) -> dg.Output[JobResult]:
     """Deactivates active promo codes whose `valid_until` has passed (NULL never
     expires), then deletes redemptions older than the retention (365 days by default).
+    Before writing, a run over the fixed caps or over the bounds learned from past
+    scheduled runs stops. A dry run may take `as_of`: the codes expired by then, and the
+    redemptions older than the retention by then (cutoff = as_of - retention).
     """
+    as_of = requested_as_of(config)
     with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
-        return clean_up(context, config, db)
+        return clean_up(context, config, db, as_of)
 
 
 def clean_up(
-    context: dg.OpExecutionContext, config: PromoCleanupConfig, db: AppDatabase
+    context: dg.OpExecutionContext,
+    config: PromoCleanupConfig,
+    db: AppDatabase,
+    as_of: datetime | None,
 ) -> dg.Output[JobResult]:
+    """`as_of` (dry runs only) stands in for the database's clock in both rules."""
     report = JobReport(context, seed_name(JOB_NAME))
-    now = db.now()
+    now = as_of if as_of is not None else db.now()
     cutoff = now - timedelta(days=config.redemption_retention_days)
+    pending = count_pending(db, now, cutoff)
+    for change in changes(config, pending):
+        guard_change(
+            context, report, change, dry_run=config.dry_run, allow_large=config.allow_large
+        )
     if config.dry_run:
-        return report.result(dry_run(db, report, now, cutoff))
+        return report.result(dry_run(db, report, now, cutoff, pending))
 
-    guard(db, config, now, cutoff)
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     deactivated = 0
     for rows in run_batches(

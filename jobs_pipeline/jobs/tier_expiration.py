@@ -33,10 +33,17 @@ from jobs_pipeline import ledger
 from jobs_pipeline.app_tables import Timestamptz, users
 from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
 from jobs_pipeline.jobs.batching import locked_batch
-from jobs_pipeline.jobs.guard import Caps, GuardConfig, check_blast_radius
+from jobs_pipeline.jobs.guard import (
+    AsOfConfig,
+    Caps,
+    Change,
+    Learned,
+    LearnedGuardConfig,
+    guard_change,
+    requested_as_of,
+)
 from jobs_pipeline.jobs.reporting import (
     LOG_LINE_CAP,
-    DryRunConfig,
     JobReport,
     JobResult,
     iso_utc,
@@ -55,7 +62,7 @@ WRITES = ("users",)
 SHARE_APPLIES_ABOVE = 100
 
 
-class TierExpirationConfig(DryRunConfig, GuardConfig):
+class TierExpirationConfig(AsOfConfig, LearnedGuardConfig):
     batch_size: int = Field(
         default=5_000, ge=1, le=100_000, description="Users downgraded per transaction."
     )
@@ -67,6 +74,9 @@ class TierExpirationConfig(DryRunConfig, GuardConfig):
         gt=0,
         le=1,
         description="A run that would downgrade more than this share of paying users stops first.",
+    )
+    learned_floor: int = Field(
+        default=50, ge=0, description="The learned bound is never below this many downgrades."
     )
 
 
@@ -293,29 +303,22 @@ def downgrade_expired_tiers(
     Rule: `tier <> 'free'` and `tier_expires_at < now` become `tier = 'free'`,
     `tier_source = 'default'`, `tier_expires_at = NULL`. Rows the app holds locked
     are skipped and taken by the next run; one user's failure does not stop the
-    others, but the run fails when every update failed.
+    others, but the run fails when every update failed. Before writing, a run over the
+    fixed caps or over the bound learned from past scheduled runs stops. A dry run may
+    take `as_of`: the rule is evaluated as if the run happened then.
     """
+    as_of = requested_as_of(config)
     with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
-        return expire_tiers(context, config, db)
+        return expire_tiers(context, config, db, as_of)
 
 
 class AllUpdatesFailed(Exception):
     """Every user update failed: the run is retried, then fails (and so alerts)."""
 
 
-def expire_tiers(
-    context: dg.OpExecutionContext, config: TierExpirationConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
-    report = JobReport(context, seed_name(JOB_NAME))
-    now = db.now()
-    with db.transaction() as connection:
-        if not config.dry_run:
-            require_current_schema(connection)  # the downgrade queues an email there
-        found = count_expired(connection, now)
-        paying = count_paying(connection)
-    report.info(f"Found {found} users with expired tiers")
-    caps = Caps(
-        job=report.name,
+def caps_of(config: TierExpirationConfig) -> Caps:
+    return Caps(
+        job=seed_name(JOB_NAME),
         what="downgrade paying users",
         out_of_what="paying users",
         max_rows=config.max_downgrades,
@@ -324,7 +327,37 @@ def expire_tiers(
         max_share_setting="max_downgrade_share",
         share_applies_above=SHARE_APPLIES_ABOVE,
     )
-    check_blast_radius(caps, found, paying, allow_large=config.allow_large or config.dry_run)
+
+
+def learned_of(config: TierExpirationConfig) -> Learned:
+    """The learned bound on downgrades, from the `processed` count of past scheduled runs."""
+    return Learned(
+        metric="processed",
+        k=config.learned_k,
+        floor=config.learned_floor,
+        floor_setting="learned_floor",
+        window=config.learned_window,
+        min_runs=config.learned_min_runs,
+    )
+
+
+def expire_tiers(
+    context: dg.OpExecutionContext,
+    config: TierExpirationConfig,
+    db: AppDatabase,
+    as_of: datetime | None,
+) -> dg.Output[JobResult]:
+    """`as_of` (dry runs only) stands in for the database's clock in the rule."""
+    report = JobReport(context, seed_name(JOB_NAME))
+    now = as_of if as_of is not None else db.now()
+    with db.transaction() as connection:
+        if not config.dry_run:
+            require_current_schema(connection)  # the downgrade queues an email there
+        found = count_expired(connection, now)
+        paying = count_paying(connection)
+    report.info(f"Found {found} users with expired tiers")
+    change = Change(caps_of(config), learned_of(config), about_to_change=found, out_of=paying)
+    guard_change(context, report, change, dry_run=config.dry_run, allow_large=config.allow_large)
 
     if config.dry_run:
         with db.transaction() as connection:
@@ -332,7 +365,9 @@ def expire_tiers(
         for user_id, tier in sample:
             report.row(f"Would downgrade user {user_id} from {tier} to free")
         report.end_rows("users would be downgraded", total=found)
-        return report.result({"dryRun": True, "wouldProcess": found, "timestamp": iso_utc(now)})
+        return report.result(
+            {"dryRun": True, "asOf": iso_utc(now), "wouldProcess": found, "timestamp": iso_utc(now)}
+        )
 
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     downgrader = Downgrader(db, report, now, config.batch_size, run)

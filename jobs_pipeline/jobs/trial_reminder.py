@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
+from jobs_pipeline.jobs.guard import AsOfConfig, requested_as_of
 from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
 from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
 from jobs_pipeline.jobs.writers import job_step, writer_pool
@@ -99,17 +100,23 @@ def count_unqueued(connection: Connection, now: datetime) -> tuple[int, int]:
     return int(three_days), int(one_day)
 
 
+class TrialReminderConfig(DeliveryConfig, AsOfConfig):
+    """The outbox delivery's settings, and `as_of` for a dry run at another time."""
+
+
 @dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
 def send_trial_reminders(
-    context: dg.OpExecutionContext, config: DeliveryConfig, db: AppDatabase, mailer: Mailer
+    context: dg.OpExecutionContext, config: TrialReminderConfig, db: AppDatabase, mailer: Mailer
 ) -> dg.Output[JobResult]:
     """Queues `trial-ending-3d` (1-3 days left) and `trial-ending-1d` (under a day left)
-    once per user and trial end, skipping paying users, then delivers the outbox.
+    once per user and trial end, skipping paying users, then delivers the outbox. A dry
+    run may take `as_of`: the reminders that would be due then and are not queued yet.
     """
     report = JobReport(context, seed_name(JOB_NAME))
+    as_of = requested_as_of(config)
     # The outbox is the project's own table, whose claims keep senders apart: no lock.
     with job_step(context, db, writes=(), dry_run=config.dry_run):
-        now = db.now()
+        now = as_of if as_of is not None else db.now()
         with db.transaction() as connection:
             require_current_schema(connection)
             if config.dry_run:
@@ -122,6 +129,7 @@ def send_trial_reminders(
             return report.result(
                 {
                     "dryRun": True,
+                    "asOf": iso_utc(now),
                     "wouldQueue3d": three_days,
                     "wouldQueue1d": one_day,
                     "timestamp": iso_utc(now),
