@@ -19,6 +19,7 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     user_discipline_stats_freshness_sensor,
 )
 from jobs_pipeline.jobs.email_delivery import email_delivery_job, email_delivery_schedule
+from jobs_pipeline.jobs.forecast import tonight_forecast_job, tonight_forecast_schedule
 from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     global_override_check_schedule,
@@ -60,6 +61,7 @@ defs = dg.Definitions(
         trial_reminder_job,
         email_delivery_job,
         undo_run_job,
+        tonight_forecast_job,
     ],
     schedules=[
         tier_expiration_schedule,
@@ -68,6 +70,7 @@ defs = dg.Definitions(
         discipline_stats_rollup_schedule,
         trial_reminder_schedule,
         email_delivery_schedule,
+        tonight_forecast_schedule,
     ],
     sensors=[user_discipline_stats_freshness_sensor, *MONITORING_SENSORS],
     resources={

@@ -28,13 +28,15 @@ INVENTORY = {
     "trial_reminder": ("0 9 * * *", "low"),
     "email_delivery": ("*/5 * * * *", "low"),
 }
+# Operators' tools (not run by name with the jobs above) that have a schedule of their own.
+TOOL_SCHEDULES = {"tonight_forecast": "0 22 * * *"}
 
 
 def test_every_job_resolves_and_matches_the_interface():
     jobs = {job.name: job for job in defs.resolve_all_job_defs() if is_maintenance_job(job)}
     assert set(jobs) == set(INVENTORY)
     tools = {job.name for job in defs.resolve_all_job_defs() if job.tags.get(TOOL_TAG) == "true"}
-    assert tools == {"undo_run"}
+    assert tools == {"undo_run", *TOOL_SCHEDULES}
     for name, (_cron, priority) in INVENTORY.items():
         assert jobs[name].tags["priority"] == priority
         assert jobs[name].tags["job_lock"] == name
@@ -48,9 +50,10 @@ def test_priorities_launch_high_before_medium_before_low():
 
 def test_schedules_are_utc_running_and_target_their_job():
     schedules = {s.job_name: s for s in SCHEDULES}
-    assert set(schedules) == set(INVENTORY)
+    assert set(schedules) == set(INVENTORY) | set(TOOL_SCHEDULES)
     assert len(SCHEDULES) == len(list(defs.schedules or []))
-    for job_name, (cron, _priority) in INVENTORY.items():
+    crons = {name: cron for name, (cron, _priority) in INVENTORY.items()} | TOOL_SCHEDULES
+    for job_name, cron in crons.items():
         schedule = schedules[job_name]
         assert schedule.name == f"{job_name}_schedule"
         assert schedule.cron_schedule == cron
@@ -58,7 +61,7 @@ def test_schedules_are_utc_running_and_target_their_job():
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
-@pytest.mark.parametrize("job_name", sorted(INVENTORY))
+@pytest.mark.parametrize("job_name", sorted([*INVENTORY, *TOOL_SCHEDULES]))
 def test_a_schedule_tick_requests_a_run_of_its_job(job_name, instance):
     schedule = next(s for s in SCHEDULES if s.job_name == job_name)
     context = dg.build_schedule_context(

@@ -20,7 +20,8 @@ DEFAULT_ALERT_AFTER_SECONDS = 300
 DEFAULT_MAX_RUNTIME_SECONDS = 1800
 
 
-# A job for operators' tools (undo), launched with its own command, never scheduled.
+# An operators' tool, not a job run by name (`run`, `list`, the admin API leave it out):
+# undo (its own command, never scheduled) and the evening forecast (its own schedule).
 TOOL_TAG = "jobs_pipeline/tool"
 
 
