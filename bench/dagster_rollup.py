@@ -12,45 +12,22 @@ reports it) and this process's peak resident memory (ru_maxrss), which is what
 """
 
 import json
-import resource
 import sys
-import time
 from typing import Any
 
-import dagster as dg
-
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.definitions import defs
-from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
-from jobs_pipeline.launch import result_of
+from bench.job_run import print_measured_run
+from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS, JOB_NAME
 
 # The multi-asset's op is named after it.
 OP_NAME = "user_discipline_stats"
 
 
 def main(database_url: str, op_config: dict[str, Any]) -> None:
-    job = defs.resolve_job_def("discipline_stats_rollup")
-    with dg.DagsterInstance.ephemeral() as instance:
-        started = time.perf_counter()
-        execution = job.execute_in_process(
-            instance=instance,
-            resources={"db": AppDatabase(url=database_url)},
-            run_config={"ops": {OP_NAME: {"config": op_config}}} if op_config else None,
-            tags=ALL_SHARDS_TAGS,
-        )
-        seconds = time.perf_counter() - started
-        events = len(instance.all_logs(execution.run_id))
-        result = result_of(execution.all_events) or {}
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "events": events,
-                "peak_rss_mb": peak_kib / 1024,
-                "result": result,
-            }
-        )
+    print_measured_run(
+        JOB_NAME,
+        database_url,
+        run_config={"ops": {OP_NAME: {"config": op_config}}} if op_config else None,
+        tags=ALL_SHARDS_TAGS,
     )
 
 

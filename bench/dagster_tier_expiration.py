@@ -8,41 +8,17 @@ wrote, its result (processed, failed, skipped) and this process's peak resident
 memory (ru_maxrss).
 """
 
-import json
-import resource
 import sys
-import time
 
-import dagster as dg
-
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.definitions import defs
+from bench.job_run import print_measured_run
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME, OP_NAME
-from jobs_pipeline.launch import result_of
 
 
 def main(database_url: str) -> None:
-    job = defs.resolve_job_def(JOB_NAME)
-    with dg.DagsterInstance.ephemeral() as instance:
-        started = time.perf_counter()
-        execution = job.execute_in_process(
-            instance=instance,
-            resources={"db": AppDatabase(url=database_url)},
-            run_config={"ops": {OP_NAME: {"config": {"allow_large": True}}}},
-        )
-        seconds = time.perf_counter() - started
-        events = len(instance.all_logs(execution.run_id))
-        result = result_of(execution.all_events) or {}
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "events": events,
-                "peak_rss_mb": peak_kib / 1024,
-                "result": result,
-            }
-        )
+    print_measured_run(
+        JOB_NAME,
+        database_url,
+        run_config={"ops": {OP_NAME: {"config": {"allow_large": True}}}},
     )
 
 
