@@ -78,12 +78,20 @@ def running_dev(state_dir: Path, **variables: str) -> Iterator[Dev]:
         stop_orphaned_postgres(state_dir / "pgdata")
 
 
-def stop_orphaned_postgres(pgdata: Path) -> None:
-    """The embedded server outlives a killed `dev` (pg_ctl detaches it): stop it here."""
+def stop_orphaned_postgres(pgdata: Path, deadline_s: float = 30) -> None:
+    """Stops whatever server still runs on `pgdata`, and waits until it has: pg_ctl
+    detaches the embedded server, so it outlives a killed `dev`, and a server a test
+    started again has no handle of the test's fixture.
+    """
     pid_file = pgdata / "postmaster.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError, IndexError):
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)  # a fast shutdown
+    if not pid_file.exists():
+        return
+    with contextlib.suppress(ValueError, ProcessLookupError, IndexError, OSError):
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # a fast shutdown
+        give_up = time.monotonic() + deadline_s
+        while alive(pid) and time.monotonic() < give_up:
+            time.sleep(0.2)
 
 
 def stop(dev: Dev) -> list[int]:

@@ -9,6 +9,7 @@ from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.schema_migrations import upgrade
+from jobs_pipeline_tests.dev_server import stop_orphaned_postgres
 
 
 @pytest.fixture
@@ -22,6 +23,9 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     upgrade(server.url("app"))
     yield server
     server.server.cleanup()
+    # A test that stopped the server and started it again holds the new one's handle:
+    # whatever runs on the folder now is stopped here, whatever the test did.
+    stop_orphaned_postgres(server.pgdata)
 
 
 def stop(server: EmbeddedPostgres) -> None:
