@@ -1,7 +1,6 @@
 """Undo restores what a run changed, where nothing changed since; `why` explains a user."""
 
 import json
-import subprocess
 import time
 from datetime import timedelta
 
@@ -24,7 +23,7 @@ from jobs_pipeline_tests.app_data import (
     table_rows,
     user_row,
 )
-from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, kill, start_job_process
+from jobs_pipeline_tests.processes import cli_environment, kill, run_cli, start_job_process
 from jobs_pipeline_tests.running import failure_message, job_result, log_messages, run_job
 
 
@@ -137,13 +136,7 @@ def test_why_explains_every_change_to_a_user(engine, db, instance, app_db_url, t
     run = run_job(tier_expiration_job, db, instance)
     env = cli_environment(tmp_path / "state", DATABASE_URL=app_db_url)
 
-    why = subprocess.run(
-        [str(JOBS_PIPELINE), "why", "--user", "WHY@example.com"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    why = run_cli("why", "--user", "WHY@example.com", env=env, cwd=tmp_path)
 
     assert why.returncode == 0, why.stderr
     lines = why.stdout.splitlines()
@@ -151,13 +144,7 @@ def test_why_explains_every_change_to_a_user(engine, db, instance, app_db_url, t
     assert "tier: pro -> free" in lines[1] and "tier_source: purchase -> default" in lines[1]
     assert lines[2].startswith("    because tier_expires_at ") and " < run time " in lines[2]
 
-    nobody = subprocess.run(
-        [str(JOBS_PIPELINE), "why", "--user", "ghost@example.com"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    nobody = run_cli("why", "--user", "ghost@example.com", env=env, cwd=tmp_path)
     assert nobody.returncode == 2 and "no user with id or email" in nobody.stderr
 
 
@@ -168,13 +155,7 @@ def test_the_undo_command_is_a_recorded_run(engine, db, instance, app_db_url, tm
     run = run_job(tier_expiration_job, db, instance)
     env = cli_environment(tmp_path / "state", DATABASE_URL=app_db_url)
 
-    undone = subprocess.run(
-        [str(JOBS_PIPELINE), "undo", run.run_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    undone = run_cli("undo", run.run_id, env=env, cwd=tmp_path)
 
     assert undone.returncode == 0, undone.stderr
     assert undone.stdout.splitlines()[-1].startswith("[undo-run] Result: {")
@@ -184,13 +165,7 @@ def test_the_undo_command_is_a_recorded_run(engine, db, instance, app_db_url, tm
     assert f"Run {undo_run_id}" in undone.stderr
 
     # Again: the row is left alone, and stdout says whose it is and why, before the result.
-    again = subprocess.run(
-        [str(JOBS_PIPELINE), "undo", run.run_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    again = run_cli("undo", run.run_id, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     email = user_row(engine, user_id)["email"]
     assert again.stdout.splitlines() == [
@@ -200,13 +175,7 @@ def test_the_undo_command_is_a_recorded_run(engine, db, instance, app_db_url, tm
     ]
 
     # `why --run` takes the id `undo` (or `run`) printed.
-    why = subprocess.run(
-        [str(JOBS_PIPELINE), "why", "--run", undo_run_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    why = run_cli("why", "--run", undo_run_id, env=env, cwd=tmp_path)
     assert why.returncode == 0, why.stderr
     assert f"undo_run run {undo_run_id}  users {user_id}" in why.stdout
     assert "tier: free -> premium" in why.stdout
