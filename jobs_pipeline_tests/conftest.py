@@ -20,8 +20,13 @@ from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.schema_migrations import upgrade
+from jobs_pipeline_tests.dev_server import stop_orphaned_postgres
 
-pytest_plugins = ["jobs_pipeline_tests.receivers", "jobs_pipeline_tests.outages"]
+pytest_plugins = [
+    "jobs_pipeline_tests.receivers",
+    "jobs_pipeline_tests.outages",
+    "jobs_pipeline_tests.leftovers",
+]
 
 TEMPLATE = "app_template"
 _database_numbers = itertools.count()
@@ -47,6 +52,8 @@ def postgres() -> Iterator[EmbeddedPostgres]:
     upgrade(server.url(TEMPLATE))
     yield server
     server.server.cleanup()
+    # pgserver stops the server only when it holds the last handle; stopped it is, here.
+    stop_orphaned_postgres(folder / "data")
     shutil.rmtree(folder, ignore_errors=True)
 
 
