@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The UI's port for `make dev` (e.g. `make dev PORT=3100`).
+PORT ?= 3000
 
 .PHONY: dev test lint install clean
 
@@ -16,7 +18,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 dev: $(INSTALLED)
-	$(BIN)/jobs-pipeline dev
+	$(BIN)/jobs-pipeline dev --port $(PORT)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -31,6 +31,7 @@ from jobs_pipeline.embedded import PROJECT_ROOT, EmbeddedServerError, fill_envir
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C: 128 + SIGINT
 
 
 class UsageError(Exception):
@@ -105,8 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (`kill`, a service manager, a CI runner's timeout) stops a command the way
+    Ctrl-C does. Python's default for SIGTERM ends the process on the spot, skipping its
+    exit handlers: the embedded PostgreSQL it started would be left running, and a
+    queued run would stay queued. Whatever handles Ctrl-C at that moment (Dagster's, in
+    the middle of a run) handles SIGTERM too.
+    """
+
+    def on_sigterm(_signum: int, frame: Any) -> None:
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(on_ctrl_c):
+            on_ctrl_c(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop_on_sigterm_as_on_ctrl_c()
     try:
         if args.command == "dev":
             return command_dev(args.host, args.port)
@@ -144,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbeddedServerError as error:
         print(f"jobs-pipeline: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # The exit handlers still run: the embedded PostgreSQL this process started stops.
+        print("jobs-pipeline: stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -285,7 +309,15 @@ def start_run(instance: Any, job: Any, plan: Any, name: str) -> Any:
             f" same tables{run_link(instance, run_id)}",
             file=sys.stderr,
         )
-        return execute_here(instance, job, plan, triggered_by=who, run_id=run_id)
+        try:
+            return execute_here(instance, job, plan, triggered_by=who, run_id=run_id)
+        except KeyboardInterrupt:
+            print(
+                f"[{name}] Run {run_id} stopped midway: recorded as failed (interrupted);"
+                " what it had not committed was rolled back. Run it again to finish",
+                file=sys.stderr,
+            )
+            raise
     with RunQueue(instance) as queue:
         run_id = queue.submit(job.name, plan, triggered_by=who)
         print(

@@ -186,6 +186,18 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
 RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 
 
+def was_interrupted(events: Iterable[dg.DagsterEvent]) -> bool:
+    """The run failed because its process was interrupted (Ctrl-C, SIGTERM), not its code."""
+    from dagster._core.events import RunFailureReason
+
+    return any(
+        event.event_type == dg.DagsterEventType.RUN_FAILURE
+        and getattr(event.event_specific_data, "failure_reason", None)
+        == RunFailureReason.UNEXPECTED_TERMINATION
+        for event in events
+    )
+
+
 def innermost_message(error: Any) -> str:
     while error is not None and error.cause is not None:
         error = error.cause
@@ -447,4 +459,7 @@ def execute_here(
     events = execution.all_events
     if execution.success:
         return RunOutcome(execution.run_id, "SUCCESS", result=result_of(events))
+    if was_interrupted(events):
+        # Stopped by whoever runs this process: the caller's Ctrl-C path takes it from here.
+        raise KeyboardInterrupt
     return RunOutcome(execution.run_id, "FAILURE", error=first_failure_line(events))

@@ -1,0 +1,195 @@
+"""After a stop (Ctrl-C or SIGTERM), `make dev` and the CLI leave nothing running.
+
+Every process a command starts inherits a tag of this test's own in its environment,
+so what it leaves behind is found wherever it went: the embedded PostgreSQL that
+`pg_ctl` detached, Dagster's webserver, daemon and code servers in their own session.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from jobs_pipeline.database import writer_lock_key
+from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
+from jobs_pipeline_tests.dev_server import (
+    SHUTDOWN_DEADLINE_S,
+    STARTUP_DEADLINE_S,
+    short_state_dir,
+    stop_orphaned_postgres,
+)
+from jobs_pipeline_tests.leftovers import Leftover, processes_with
+from jobs_pipeline_tests.processes import (
+    JOBS_PIPELINE,
+    cli_environment,
+    free_port,
+    tail,
+    wait_for_url,
+)
+
+TAG_VARIABLE = "JOBS_PIPELINE_TEST_TAG"
+INTERRUPTED = 130  # a shell's code for a command stopped by SIGINT: 128 + 2
+
+
+def tagged_environment(state_dir: Path) -> tuple[dict[str, str], str]:
+    tag = uuid.uuid4().hex
+    return cli_environment(state_dir, **{TAG_VARIABLE: tag}), tag
+
+
+def left_behind(tag: str, deadline_s: float = 30) -> list[Leftover]:
+    """The tagged processes still alive once `deadline_s` has passed (none: at once)."""
+    give_up = time.monotonic() + deadline_s
+    while (left := processes_with(TAG_VARIABLE, tag)) and time.monotonic() < give_up:
+        time.sleep(0.5)
+    return left
+
+
+def kill_whatever_is_left(tag: str, pgdata: Path) -> None:
+    """So that a failing test leaves nothing either (the session's guard would say so)."""
+    stop_orphaned_postgres(pgdata)
+    for leftover in processes_with(TAG_VARIABLE, tag):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover.pid, signal.SIGKILL)
+
+
+def send_stop(process: subprocess.Popen, how: str) -> None:
+    if how == "ctrl-c":
+        # A terminal's Ctrl-C signals its whole foreground process group.
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        # `kill PID`, a service manager, a CI runner's timeout: the one process only.
+        process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_make_dev_leaves_nothing_running_after_a_stop(how, project_root, tmp_path_factory):
+    state = short_state_dir(tmp_path_factory)
+    environment, tag = tagged_environment(state)
+    port = free_port()
+    log = state.parent / "make-dev.log"
+    with log.open("wb") as output:
+        make = subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(project_root), "dev", f"PORT={port}"],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_url(f"http://127.0.0.1:{port}/server_info", make, log, STARTUP_DEADLINE_S)
+        started = [leftover.command for leftover in processes_with(TAG_VARIABLE, tag)]
+        assert any("postgres" in command for command in started), started
+        assert any("dagster._daemon run" in command for command in started), started
+        assert any("dagster_webserver" in command for command in started), started
+
+        send_stop(make, how)
+        make.wait(timeout=SHUTDOWN_DEADLINE_S)
+
+        assert left_behind(tag) == [], tail(log)
+        assert not (state / "pgdata" / "postmaster.pid").exists(), tail(log)
+    finally:
+        kill_whatever_is_left(tag, state / "pgdata")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_cli_run_stopped_midway_rolls_back_and_leaves_nothing_running(
+    how, app_db_url, engine, tmp_path
+):
+    """The run is held midway, waiting for another writer of `users`, when it is stopped."""
+    now = db_now(engine)
+    with engine.begin() as connection:
+        expired = add_expired_user(connection, now)
+    environment, tag = tagged_environment(tmp_path / "state")
+    environment["DATABASE_URL"] = app_db_url
+    log = tmp_path / "run.log"
+    with engine.connect() as other_writer:
+        other_writer.execute(select(func.pg_advisory_lock(*writer_lock_key("users"))))
+        other_writer.commit()
+        try:
+            with log.open("wb") as output:
+                cli = subprocess.Popen(
+                    [str(JOBS_PIPELINE), "run", "tier-expiration"],
+                    env=environment,
+                    cwd=tmp_path,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            wait_for_text(log, "which is writing users", cli)
+
+            send_stop(cli, how)
+            returncode = cli.wait(timeout=SHUTDOWN_DEADLINE_S)
+        finally:
+            other_writer.execute(select(func.pg_advisory_unlock(*writer_lock_key("users"))))
+            other_writer.commit()
+            kill_whatever_is_left(tag, tmp_path / "no-embedded-server")
+
+    said = tail(log)
+    assert returncode == INTERRUPTED, said
+    assert "stopped midway" in said, said
+    assert said.rstrip().endswith("jobs-pipeline: stopped"), said
+    assert left_behind(tag) == [], said
+    assert run_sessions(engine) == 0
+    assert user_row(engine, expired)["tier"] == "premium"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_the_embedded_postgres_a_cli_run_started_stops_with_it(how, tmp_path_factory):
+    state = short_state_dir(tmp_path_factory)
+    environment, tag = tagged_environment(state)
+    log = state.parent / "run.log"
+    try:
+        with log.open("wb") as output:
+            cli = subprocess.Popen(
+                [str(JOBS_PIPELINE), "run", "discipline-stats-rollup"],
+                env=environment,
+                cwd=state.parent,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The run's id is said once the embedded server is up and the run about to start.
+        wait_for_text(log, "Run ", cli)
+        assert (state / "pgdata" / "postmaster.pid").exists()
+
+        send_stop(cli, how)
+        returncode = cli.wait(timeout=SHUTDOWN_DEADLINE_S)
+
+        said = tail(log)
+        # Stopped midway, or (on a fast machine) just after the run ended: either way,
+        # nothing of it is left.
+        assert returncode in (INTERRUPTED, 0), said
+        assert "Traceback" not in said, said
+        assert left_behind(tag) == [], said
+        assert not (state / "pgdata" / "postmaster.pid").exists(), said
+    finally:
+        kill_whatever_is_left(tag, state / "pgdata")
+
+
+def run_sessions(engine: Engine) -> int:
+    """The database sessions of runs (named after their run) still connected."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'jobs_pipeline run %'"
+                )
+            ).scalar_one()
+        )
+
+
+def wait_for_text(log: Path, text: str, process: subprocess.Popen) -> None:
+    give_up = time.monotonic() + STARTUP_DEADLINE_S
+    while time.monotonic() < give_up:
+        if text in log.read_text(errors="replace"):
+            return
+        assert process.poll() is None, f"it exited before saying {text!r}:\n{tail(log)}"
+        time.sleep(0.1)
+    pytest.fail(f"it did not say {text!r} within {STARTUP_DEADLINE_S} s:\n{tail(log)}")
