@@ -366,6 +366,7 @@ def test_a_delivery_killed_midway_and_run_again_sends_nothing_twice(
     port = free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
+    delivery = None
     try:
         env = cli_environment(
             tmp_path / "state", DATABASE_URL=app_db_url, SMTP_HOST="127.0.0.1", SMTP_PORT=str(port)
@@ -387,6 +388,9 @@ def test_a_delivery_killed_midway_and_run_again_sends_nothing_twice(
         rerun = run(email_delivery_job, db, instance, Mailer(host="127.0.0.1", port=port))
         assert rerun.success
     finally:
+        if delivery is not None and delivery.poll() is None:
+            delivery.kill()
+            delivery.wait(timeout=10)
         controller.stop()
 
     per_recipient = [len(mailbox.to(f"k{n}@example.com")) for n in range(15)]
