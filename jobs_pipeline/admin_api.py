@@ -20,7 +20,7 @@ without the token.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import dagster as dg
@@ -171,10 +171,17 @@ def job_catalog() -> dict[str, dg.JobDefinition]:
 class AdminApi:
     """The API's state: the app database (tokens, users), the instance and its queue."""
 
-    def __init__(self, app_engine: Engine, queue: RunQueue, wait_seconds: float):
+    def __init__(
+        self,
+        app_engine: Engine,
+        queue: RunQueue,
+        wait_seconds: float,
+        stopping: Callable[[], bool] = lambda: False,
+    ):
         self.app_engine = app_engine
         self.queue = queue
         self.wait_seconds = wait_seconds
+        self.stopping = stopping
 
     @property
     def instance(self) -> dg.DagsterInstance:
@@ -212,17 +219,26 @@ class AdminApi:
         return run_id
 
     async def wait(self, run_id: str) -> RunOutcome:
-        """The run's outcome once it has ended, or where it stands after `wait_seconds`."""
+        """The run's outcome once it has ended, or where it stands after `wait_seconds`,
+        or at once when the server is stopping: a waiting caller is answered (202, the run
+        goes on) before the server closes, rather than cut off with an error that would
+        read as the run's.
+        """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.wait_seconds
         while True:
             outcome = await run_in_threadpool(outcome_of, self.instance, run_id)
             assert outcome is not None, f"run {run_id} is not in the instance"
-            if outcome.finished or loop.time() >= give_up:
+            if outcome.finished or loop.time() >= give_up or self.stopping():
                 return outcome
             await asyncio.sleep(POLL_SECONDS)
 
     def pending_detail(self) -> str:
+        if self.stopping():
+            return (
+                "The admin API is stopping; the run goes on. Follow it in Dagster's UI, or"
+                " at the status URL once the API is back."
+            )
         if daemon_serves(self.instance):
             return "The run has not ended yet; it waits in the queue or is going."
         return (
@@ -256,15 +272,20 @@ def status_path(run_id: str) -> str:
 
 
 def create_app(
-    app_engine: Engine, instance: dg.DagsterInstance, wait_seconds: float = DEFAULT_WAIT_SECONDS
+    app_engine: Engine,
+    instance: dg.DagsterInstance,
+    wait_seconds: float = DEFAULT_WAIT_SECONDS,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
-    """The API over one instance; its queue's code location is loaded once, at start."""
+    """The API over one instance; its queue's code location is loaded once, at start.
+    `stopping` says when the server has been told to stop (SIGTERM, Ctrl-C).
+    """
     holder: dict[str, AdminApi] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         with RunQueue(instance) as queue:
-            holder["api"] = AdminApi(app_engine, queue, wait_seconds)
+            holder["api"] = AdminApi(app_engine, queue, wait_seconds, stopping)
             if not daemon_serves(instance):
                 log.warning(
                     "admin API: no Dagster daemon serves this instance yet; runs wait in its"

@@ -618,9 +618,16 @@ def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
     fill_environment(dagster_storage=True)
     try:
         with open_instance() as instance:
-            app = create_app(engine, instance, wait_seconds=wait_seconds)
-            # In-flight requests get a few seconds after SIGTERM; their runs go on.
-            uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+            app = create_app(
+                engine, instance, wait_seconds=wait_seconds, stopping=lambda: server.should_exit
+            )
+            # After SIGTERM, requests waiting for their runs are answered 202 (the runs go
+            # on); any other request in flight gets a few seconds.
+            config = uvicorn.Config(
+                app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+            )
+            server = uvicorn.Server(config)
+            server.run()
     finally:
         engine.dispose()
     return 0
