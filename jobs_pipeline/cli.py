@@ -128,6 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop_on_sigterm_as_on_ctrl_c()
     try:
+        return run_command(args)
+    finally:
+        # The command is over; what is left are the exit handlers, which stop the embedded
+        # PostgreSQL it started. A stop arriving now would cut them short and leave the
+        # server running, so it is ignored: the process is about to end anyway.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
         if args.command == "dev":
             return command_dev(args.host, args.port)
         if args.command == "run":
@@ -313,8 +324,8 @@ def start_run(instance: Any, job: Any, plan: Any, name: str) -> Any:
             return execute_here(instance, job, plan, triggered_by=who, run_id=run_id)
         except KeyboardInterrupt:
             print(
-                f"[{name}] Run {run_id} stopped midway: recorded as failed (interrupted);"
-                " what it had not committed was rolled back. Run it again to finish",
+                f"[{name}] Run {run_id} stopped midway: recorded as canceled; what it had"
+                " not committed was rolled back. Run it again to finish",
                 file=sys.stderr,
             )
             raise

@@ -186,6 +186,20 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
 RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 
 
+def record_operator_stop(instance: dg.DagsterInstance, run_id: str, who: str) -> None:
+    """Marks a run its operator stopped (Ctrl-C, SIGTERM) as canceled, as Dagster does a
+    run terminated from the UI: it was stopped on purpose, it did not fail. Dagster has
+    already recorded it as failed, interrupted (nothing marks an in-process run
+    canceling before its own handler takes the signal), so the failure alert skips a
+    run whose status is no longer FAILURE.
+    """
+    run = instance.get_run_by_id(run_id)
+    if run is not None:
+        instance.report_run_canceled(
+            run, message=f"Stopped midway by {who} (Ctrl-C or SIGTERM) in its own process."
+        )
+
+
 def was_interrupted(events: Iterable[dg.DagsterEvent]) -> bool:
     """The run failed because its process was interrupted (Ctrl-C, SIGTERM), not its code."""
     from dagster._core.events import RunFailureReason
@@ -460,6 +474,6 @@ def execute_here(
     if execution.success:
         return RunOutcome(execution.run_id, "SUCCESS", result=result_of(events))
     if was_interrupted(events):
-        # Stopped by whoever runs this process: the caller's Ctrl-C path takes it from here.
-        raise KeyboardInterrupt
+        record_operator_stop(instance, execution.run_id, triggered_by)
+        raise KeyboardInterrupt  # the caller's Ctrl-C path takes it from here
     return RunOutcome(execution.run_id, "FAILURE", error=first_failure_line(events))

@@ -74,7 +74,8 @@ def is_final_attempt(run: dg.DagsterRun) -> bool:
 )
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertChannels) -> None:
     run = context.dagster_run
-    if not is_final_attempt(run):
+    # Canceled since it failed: a CLI run its operator stopped midway (launch.py).
+    if not is_final_attempt(run) or run.status != dg.DagsterRunStatus.FAILURE:
         return
     alert = failure_alert(context.instance, run, alerts)
     deliver_for_run(context.instance, run, alert, alerts, context.log.error)

@@ -7,16 +7,22 @@ so what it leaves behind is found wherever it went: the embedded PostgreSQL that
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import writer_lock_key
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.mail import Mailer
+from jobs_pipeline.monitoring import alert_redelivery_sensor, run_failure_alert_sensor
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
 from jobs_pipeline_tests.dev_server import (
     SHUTDOWN_DEADLINE_S,
@@ -35,6 +41,15 @@ from jobs_pipeline_tests.processes import (
 
 TAG_VARIABLE = "JOBS_PIPELINE_TEST_TAG"
 INTERRUPTED = 130  # a shell's code for a command stopped by SIGINT: 128 + 2
+
+
+@pytest.fixture
+def channels(smtp_server, webhook_server) -> AlertChannels:
+    return AlertChannels(
+        mailer=Mailer(host=smtp_server.host, port=smtp_server.port, sender="dagster@example.com"),
+        email_to="ops@example.com",
+        webhook_url=webhook_server.url,
+    )
 
 
 def tagged_environment(state_dir: Path) -> tuple[dict[str, str], str]:
@@ -98,8 +113,17 @@ def test_make_dev_leaves_nothing_running_after_a_stop(how, project_root, tmp_pat
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_a_cli_run_stopped_midway_rolls_back_and_leaves_nothing_running(
-    how, app_db_url, engine, tmp_path
+def test_a_cli_run_stopped_midway_is_canceled_rolled_back_and_leaves_nothing_running(
+    how,
+    app_db_url,
+    engine,
+    tmp_path,
+    postgres,
+    project_root,
+    monkeypatch,
+    channels,
+    smtp_server,
+    webhook_server,
 ):
     """The run is held midway, waiting for another writer of `users`, when it is stopped."""
     now = db_now(engine)
@@ -107,6 +131,17 @@ def test_a_cli_run_stopped_midway_rolls_back_and_leaves_nothing_running(
         expired = add_expired_user(connection, now)
     environment, tag = tagged_environment(tmp_path / "state")
     environment["DATABASE_URL"] = app_db_url
+    # An instance with a history (no daemon: the CLI runs the job in its own process).
+    dagster_db = f"dagster_stop_{uuid.uuid4().hex[:8]}"
+    postgres.ensure_database(dagster_db)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    storage = {
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_URL": postgres.url(dagster_db, "postgresql+psycopg2"),
+    }
+    environment.update(storage)
     log = tmp_path / "run.log"
     with engine.connect() as other_writer:
         other_writer.execute(select(func.pg_advisory_lock(*writer_lock_key("users"))))
@@ -137,6 +172,35 @@ def test_a_cli_run_stopped_midway_rolls_back_and_leaves_nothing_running(
     assert left_behind(tag) == [], said
     assert run_sessions(engine) == 0
     assert user_row(engine, expired)["tier"] == "premium"
+    # Stopped on purpose, not failed: canceled in the history, and no alert.
+    for variable, value in storage.items():
+        monkeypatch.setenv(variable, value)
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(filters=dg.RunsFilter(job_name="tier_expiration"))
+        assert run.status == dg.DagsterRunStatus.CANCELED
+        evaluate_failure_alerts(instance, run, channels)
+    assert smtp_server.mailbox.received == []
+    assert webhook_server.posts == []
+
+
+def evaluate_failure_alerts(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, channels: AlertChannels
+) -> None:
+    """The failure alert on the run's failure event, and the alerts' catch-up."""
+    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert failure.dagster_event is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name=run_failure_alert_sensor.name,
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+        resources={"alerts": channels},
+    ) as context:
+        run_failure_alert_sensor(context.for_run_failure())
+    with dg.build_sensor_context(
+        instance=instance, resources={"alerts": channels}, definitions=defs
+    ) as context:
+        alert_redelivery_sensor(context)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
