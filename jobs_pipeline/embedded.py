@@ -6,8 +6,11 @@ PostgreSQL server of its own under a project-local, git-ignored folder
 socket inside that folder, so nothing is exposed on the network.
 """
 
+import contextlib
 import os
+import signal
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +71,43 @@ def start_embedded_postgres(
         warnings.simplefilter("ignore")
         import pgserver  # a heavy import, needed only on the embedded path
 
+        already_running = (folder / POSTMASTER_PID).exists()
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             server = pgserver.get_server(folder, cleanup_mode=cleanup_mode)
         except (OSError, subprocess.SubprocessError, AssertionError) as failure:
             raise EmbeddedServerError(folder, failure) from None
+        except KeyboardInterrupt:
+            # Stopped while the server was starting: pgserver's exit handler stops only a
+            # server it saw start, so the one this call was starting is stopped here.
+            if not already_running:
+                stop_server_on(folder, starting_s=5)
+            raise
     return EmbeddedPostgres(pgdata=folder, server=server)
+
+
+POSTMASTER_PID = "postmaster.pid"
+
+
+def stop_server_on(pgdata: Path, *, starting_s: float = 0, deadline_s: float = 30) -> None:
+    """Asks the server running on `pgdata`, if any, for a fast shutdown, and waits until
+    it has stopped. `starting_s`: how long to wait for the pid file of a server that may
+    still be starting (it writes the file early in its start).
+    """
+    pid_file = pgdata / POSTMASTER_PID
+    appear_by = time.monotonic() + starting_s
+    while not pid_file.exists() and time.monotonic() < appear_by:
+        time.sleep(0.1)
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    give_up = time.monotonic() + deadline_s
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+        while time.monotonic() < give_up:
+            os.kill(pid, 0)  # ProcessLookupError once it is gone
+            time.sleep(0.1)
 
 
 class EmbeddedServerError(RuntimeError):

@@ -2,7 +2,6 @@
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -17,6 +16,7 @@ import psycopg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from jobs_pipeline.embedded import stop_server_on
 from jobs_pipeline_tests.processes import (
     JOBS_PIPELINE,
     alive,
@@ -78,20 +78,12 @@ def running_dev(state_dir: Path, **variables: str) -> Iterator[Dev]:
         stop_orphaned_postgres(state_dir / "pgdata")
 
 
-def stop_orphaned_postgres(pgdata: Path, deadline_s: float = 30) -> None:
+def stop_orphaned_postgres(pgdata: Path) -> None:
     """Stops whatever server still runs on `pgdata`, and waits until it has: pg_ctl
     detaches the embedded server, so it outlives a killed `dev`, and a server a test
     started again has no handle of the test's fixture.
     """
-    pid_file = pgdata / "postmaster.pid"
-    if not pid_file.exists():
-        return
-    with contextlib.suppress(ValueError, ProcessLookupError, IndexError, OSError):
-        pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, signal.SIGINT)  # a fast shutdown
-        give_up = time.monotonic() + deadline_s
-        while alive(pid) and time.monotonic() < give_up:
-            time.sleep(0.2)
+    stop_server_on(pgdata)
 
 
 def stop(dev: Dev) -> list[int]:

@@ -257,3 +257,44 @@ def wait_for_text(log: Path, text: str, process: subprocess.Popen) -> None:
         assert process.poll() is None, f"it exited before saying {text!r}:\n{tail(log)}"
         time.sleep(0.1)
     pytest.fail(f"it did not say {text!r} within {STARTUP_DEADLINE_S} s:\n{tail(log)}")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_cli_command_stopped_while_its_embedded_postgres_starts_leaves_it_stopped(
+    how, tmp_path_factory
+):
+    state = short_state_dir(tmp_path_factory)
+    environment, tag = tagged_environment(state)
+    log = state.parent / "run.log"
+    pid_file = state / "pgdata" / "postmaster.pid"
+    try:
+        with log.open("wb") as output:
+            cli = subprocess.Popen(
+                [str(JOBS_PIPELINE), "run", "global-override-check"],
+                env=environment,
+                cwd=state.parent,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # Stopped while `pg_ctl start` runs: the server is coming up, and pgserver does not
+        # know it yet (its own exit handler stops only a server it saw start).
+        give_up = time.monotonic() + STARTUP_DEADLINE_S
+        while not starting_server(tag) and time.monotonic() < give_up:
+            assert cli.poll() is None, tail(log)
+            time.sleep(0.005)
+        assert starting_server(tag), tail(log)
+
+        send_stop(cli, how)
+        returncode = cli.wait(timeout=SHUTDOWN_DEADLINE_S)
+
+        said = tail(log)
+        assert returncode == INTERRUPTED, said
+        assert left_behind(tag) == [], said
+        assert not pid_file.exists(), said
+    finally:
+        kill_whatever_is_left(tag, state / "pgdata")
+
+
+def starting_server(tag: str) -> bool:
+    return any("pg_ctl" in found.command for found in processes_with(TAG_VARIABLE, tag))
