@@ -4,8 +4,10 @@ from typing import Any
 
 import dagster as dg
 
+from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.launch import first_failure_line, op_config_for, result_of
+from jobs_pipeline.monitoring import run_failure_alert_sensor
 
 
 def run_job(
@@ -42,3 +44,19 @@ def job_result(execution: dg.ExecuteInProcessResult) -> dict[str, Any]:
 def failure_message(execution: dg.ExecuteInProcessResult) -> str:
     """The first line of what made the run fail, as the CLI and the API report it."""
     return first_failure_line(execution.all_events)
+
+
+def evaluate_failure_alert(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, channels: AlertChannels
+) -> None:
+    """The failure alert sensor on the run's failure event, as the daemon evaluates it."""
+    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert failure.dagster_event is not None
+    with dg.build_run_status_sensor_context(
+        sensor_name=run_failure_alert_sensor.name,
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+        resources={"alerts": channels},
+    ) as context:
+        run_failure_alert_sensor(context.for_run_failure())

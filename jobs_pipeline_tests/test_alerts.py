@@ -28,7 +28,7 @@ from jobs_pipeline.monitoring import (
 )
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer
-from jobs_pipeline_tests.running import run_job
+from jobs_pipeline_tests.running import evaluate_failure_alert, run_job
 
 MALFORMED = {"tier": "gold", "expires_at": "2020-01-01T00:00:00Z"}
 ERROR_LINE = "global_config key 'global_tier_override' is malformed: 'tier' is 'gold'"
@@ -67,14 +67,7 @@ def failing_again(db: AppDatabase, instance: dg.DagsterInstance, **tags: str):
 
 
 def evaluate_failure_sensor(instance, execution, channels: AlertChannels) -> None:
-    with dg.build_run_status_sensor_context(
-        sensor_name=run_failure_alert_sensor.name,
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(execution.run_id),
-        dagster_event=execution.get_run_failure_event(),
-        resources={"alerts": channels},
-    ) as context:
-        run_failure_alert_sensor(context.for_run_failure())
+    evaluate_failure_alert(instance, instance.get_run_by_id(execution.run_id), channels)
 
 
 def evaluate(sensor, instance, channels: AlertChannels, cursor: str | None = None):

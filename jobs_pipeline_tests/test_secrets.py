@@ -35,7 +35,7 @@ from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.mail import Mailer
-from jobs_pipeline.monitoring import alert_redelivery_sensor, run_failure_alert_sensor
+from jobs_pipeline.monitoring import alert_redelivery_sensor
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_promo_code,
@@ -53,6 +53,7 @@ from jobs_pipeline_tests.processes import (
     wait_for_url,
 )
 from jobs_pipeline_tests.receivers import WebhookServer
+from jobs_pipeline_tests.running import evaluate_failure_alert
 
 SMTP_PASSWORD = "S3cr3t-smtp-7f1c9a"
 DB_PASSWORD = "S3cr3t-db-20b4e1"
@@ -314,21 +315,12 @@ def read_files(corpus: Corpus, folder: Path) -> int:
 # -- the test ------------------------------------------------------------------------------
 
 
-def evaluate_failure_alert(
+def alert_the_failed_run(
     instance: dg.DagsterInstance, run_id: str, channels: AlertChannels
 ) -> None:
     run = instance.get_run_by_id(run_id)
     assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
-    (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    assert failure.dagster_event is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name=run_failure_alert_sensor.name,
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=failure.dagster_event,
-        resources={"alerts": channels},
-    ) as context:
-        run_failure_alert_sensor(context.for_run_failure())
+    evaluate_failure_alert(instance, run, channels)
 
 
 def call_api(base: str, path: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -438,7 +430,7 @@ def test_no_secret_is_written_anywhere(
         channels = channels_from_environment(auth_smtp)
         webhook_server.down = True
         for run_id in failed:
-            evaluate_failure_alert(instance, run_id, channels)
+            alert_the_failed_run(instance, run_id, channels)
         webhook_server.down = False
         with dg.build_sensor_context(
             instance=instance, resources={"alerts": channels}, definitions=defs

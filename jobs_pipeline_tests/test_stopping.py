@@ -22,7 +22,7 @@ from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import writer_lock_key
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.mail import Mailer
-from jobs_pipeline.monitoring import alert_redelivery_sensor, run_failure_alert_sensor
+from jobs_pipeline.monitoring import alert_redelivery_sensor
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
 from jobs_pipeline_tests.dev_server import (
     SHUTDOWN_DEADLINE_S,
@@ -38,6 +38,7 @@ from jobs_pipeline_tests.processes import (
     tail,
     wait_for_url,
 )
+from jobs_pipeline_tests.running import evaluate_failure_alert
 
 TAG_VARIABLE = "JOBS_PIPELINE_TEST_TAG"
 INTERRUPTED = 130  # a shell's code for a command stopped by SIGINT: 128 + 2
@@ -71,6 +72,21 @@ def kill_whatever_is_left(tag: str, pgdata: Path) -> None:
     for leftover in processes_with(TAG_VARIABLE, tag):
         with contextlib.suppress(ProcessLookupError):
             os.kill(leftover.pid, signal.SIGKILL)
+
+
+def start_cli(
+    args: list[str], environment: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen:
+    """The installed command in a session of its own (as a terminal's job), output to `log`."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [str(JOBS_PIPELINE), *args],
+            env=environment,
+            cwd=cwd,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def send_stop(process: subprocess.Popen, how: str) -> None:
@@ -147,15 +163,7 @@ def test_a_cli_run_stopped_midway_is_canceled_rolled_back_and_leaves_nothing_run
         other_writer.execute(select(func.pg_advisory_lock(*writer_lock_key("users"))))
         other_writer.commit()
         try:
-            with log.open("wb") as output:
-                cli = subprocess.Popen(
-                    [str(JOBS_PIPELINE), "run", "tier-expiration"],
-                    env=environment,
-                    cwd=tmp_path,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            cli = start_cli(["run", "tier-expiration"], environment, tmp_path, log)
             wait_for_text(log, "which is writing users", cli)
 
             send_stop(cli, how)
@@ -187,16 +195,7 @@ def evaluate_failure_alerts(
     instance: dg.DagsterInstance, run: dg.DagsterRun, channels: AlertChannels
 ) -> None:
     """The failure alert on the run's failure event, and the alerts' catch-up."""
-    (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    assert failure.dagster_event is not None
-    with dg.build_run_status_sensor_context(
-        sensor_name=run_failure_alert_sensor.name,
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=failure.dagster_event,
-        resources={"alerts": channels},
-    ) as context:
-        run_failure_alert_sensor(context.for_run_failure())
+    evaluate_failure_alert(instance, run, channels)
     with dg.build_sensor_context(
         instance=instance, resources={"alerts": channels}, definitions=defs
     ) as context:
@@ -209,15 +208,7 @@ def test_the_embedded_postgres_a_cli_run_started_stops_with_it(how, tmp_path_fac
     environment, tag = tagged_environment(state)
     log = state.parent / "run.log"
     try:
-        with log.open("wb") as output:
-            cli = subprocess.Popen(
-                [str(JOBS_PIPELINE), "run", "discipline-stats-rollup"],
-                env=environment,
-                cwd=state.parent,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cli = start_cli(["run", "discipline-stats-rollup"], environment, state.parent, log)
         # The run's id is said once the embedded server is up and the run about to start.
         wait_for_text(log, "Run ", cli)
         assert (state / "pgdata" / "postmaster.pid").exists()
@@ -268,15 +259,7 @@ def test_a_cli_command_stopped_while_its_embedded_postgres_starts_leaves_it_stop
     log = state.parent / "run.log"
     pid_file = state / "pgdata" / "postmaster.pid"
     try:
-        with log.open("wb") as output:
-            cli = subprocess.Popen(
-                [str(JOBS_PIPELINE), "run", "global-override-check"],
-                env=environment,
-                cwd=state.parent,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cli = start_cli(["run", "global-override-check"], environment, state.parent, log)
         # Stopped while `pg_ctl start` runs: the server is coming up, and pgserver does not
         # know it yet (its own exit handler stops only a server it saw start).
         give_up = time.monotonic() + STARTUP_DEADLINE_S
