@@ -27,7 +27,6 @@ best time and the largest WAL of each are kept. Prints the tables and writes JSO
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from bench.measuring import (
 from bench.seed_baseline import seed_rollup
 from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.embedded import EmbeddedPostgres, throwaway_embedded_postgres
 from jobs_pipeline.jobs.discipline_stats_rollup import RollupConfig
 
 FLOOR_SQL = (Path(__file__).parent / "floor.sql").read_text()
@@ -356,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(n < 1 for n in numbers):
         parser.error("--users, --rounds and --seed-sample take positive numbers")
 
-    with tempfile.TemporaryDirectory(prefix="jpbench") as folder:
-        postgres = start_embedded_postgres(Path(folder) / "pg", cleanup_mode="delete")
+    with throwaway_embedded_postgres(prefix="jpbench") as postgres:
         results = [measure(postgres, n, args.seed_sample, args.rounds) for n in args.users]
     print(report(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)

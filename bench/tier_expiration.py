@@ -23,7 +23,6 @@ order alternating), best time kept. Prints a table and writes JSON.
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from bench.generate import generate_tier_users
 from bench.measuring import render_table, run_in_own_process
 from jobs_pipeline.app_database_setup import create_app_schema
 from jobs_pipeline.database import create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.embedded import EmbeddedPostgres, throwaway_embedded_postgres
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME
 from jobs_pipeline.schema_migrations import upgrade
 
@@ -297,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.expired > args.users:
         parser.error("--expired cannot be more than --users")
 
-    with tempfile.TemporaryDirectory(prefix="jpbench") as folder:
-        postgres = start_embedded_postgres(Path(folder) / "pg", cleanup_mode="delete")
+    with throwaway_embedded_postgres(prefix="jpbench") as postgres:
         figures = measure(postgres, args.users, args.expired, args.rounds)
     print(table(figures))
     args.json.parent.mkdir(parents=True, exist_ok=True)

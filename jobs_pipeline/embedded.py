@@ -10,8 +10,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,22 @@ def start_embedded_postgres(
                 stop_server_on(folder, starting_s=5)
             raise
     return EmbeddedPostgres(pgdata=folder, server=server)
+
+
+@contextlib.contextmanager
+def throwaway_embedded_postgres(prefix: str) -> Iterator[EmbeddedPostgres]:
+    """A private server in a temporary folder, stopped before that folder is deleted.
+
+    pgserver stops its servers when the process exits, by which time a temporary folder
+    is gone and `pg_ctl stop` fails with it: the server would go on running, without
+    its data, after the process that started it (seen after every benchmark run).
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        pgdata = Path(folder) / "pg"
+        try:
+            yield start_embedded_postgres(pgdata, cleanup_mode=None)
+        finally:
+            stop_server_on(pgdata)
 
 
 POSTMASTER_PID = "postmaster.pid"
