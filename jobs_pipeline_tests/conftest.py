@@ -26,6 +26,7 @@ pytest_plugins = [
     "jobs_pipeline_tests.receivers",
     "jobs_pipeline_tests.outages",
     "jobs_pipeline_tests.leftovers",
+    "jobs_pipeline_tests.deployed_runs",
 ]
 
 TEMPLATE = "app_template"
