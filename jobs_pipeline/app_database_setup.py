@@ -11,7 +11,7 @@ from importlib import resources
 
 from sqlalchemy import Connection, Engine, func, inspect, select
 
-from jobs_pipeline.app_tables import users
+from jobs_pipeline.app_tables import app_metadata, users
 from jobs_pipeline.database import create_app_engine
 
 # Laying a schema or demo data is one long transaction, unlike a job's statements.
@@ -28,6 +28,31 @@ def read_sql(name: str) -> str:
 
 def has_app_schema(engine: Engine) -> bool:
     return inspect(engine).has_table("users")
+
+
+def missing_app_tables(engine: Engine) -> list[str]:
+    """The app's tables the jobs read or write that this database lacks (its public schema)."""
+    present = set(inspect(engine).get_table_names())
+    return sorted(name for name in app_metadata.tables if name not in present)
+
+
+class AppTablesMissing(RuntimeError):
+    """The database has none, or not all, of the app's tables: not the app's database."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__(
+            f"the app's tables are missing from this database: {', '.join(missing)}. Is"
+            " DATABASE_URL the app's database? The app's own migrations create them; for a"
+            " trial on an empty database, `jobs-pipeline setup --create-app-tables` lays the"
+            " app's schema in"
+        )
+        self.missing = missing
+
+
+def require_app_tables(engine: Engine) -> None:
+    missing = missing_app_tables(engine)
+    if missing:
+        raise AppTablesMissing(missing)
 
 
 def run_script(connection: Connection, name: str) -> None:

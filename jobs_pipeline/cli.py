@@ -94,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--user", metavar="EMAIL_OR_ID", help="a user's changes, and why")
     subject.add_argument("--run", metavar="RUN_ID", help="what one run changed (as `run` prints)")
 
+    setup = commands.add_parser(
+        "setup",
+        help="prepare a deployment: the pools and their limits, the schema jobs_pipeline",
+    )
+    setup.add_argument(
+        "--code-server",
+        default="127.0.0.1:4000",
+        metavar="HOST:PORT",
+        help="where the workspace file (written if missing) finds the code server",
+    )
+    setup.add_argument(
+        "--create-app-tables",
+        action="store_true",
+        help="for a trial on an empty database: lay the app's schema in first (the app owns it)",
+    )
+    commands.add_parser("doctor", help="check a deployment; exit status 1 if anything is wrong")
+
     api = commands.add_parser("admin-api", help="serve the admin HTTP API")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8088, help="port (default 8088)")
@@ -167,6 +184,10 @@ def run_command(args: argparse.Namespace) -> int:
             return command_why_run(args.run)
         if args.command == "why":
             return command_why(args.user)
+        if args.command == "setup":
+            return command_setup(args.code_server, create_app_tables=args.create_app_tables)
+        if args.command == "doctor":
+            return command_doctor()
         if args.command == "admin-api":
             return command_admin_api(args.host, args.port, args.wait_seconds)
     except UsageError as error:
@@ -431,19 +452,99 @@ def command_demo_data() -> int:
 def command_db_upgrade() -> int:
     from sqlalchemy import exc
 
+    from jobs_pipeline.app_database_setup import (
+        AppTablesMissing,
+        prepare_embedded_app_database,
+        require_app_tables,
+        setup_engine,
+    )
     from jobs_pipeline.database import first_line
     from jobs_pipeline.schema_migrations import upgrade
 
-    fill_environment(dagster_storage=False)
+    environment = fill_environment(dagster_storage=False)
+    url = os.environ["DATABASE_URL"]
     try:
-        revision = upgrade(os.environ["DATABASE_URL"])
+        if environment.app_is_embedded:
+            prepare_embedded_app_database(url, demo_data_when_empty=False)
+        with setup_engine(url) as engine:
+            require_app_tables(engine)
+        revision = upgrade(url)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    except AppTablesMissing as missing:
+        print(f"jobs-pipeline: db upgrade: {missing}", file=sys.stderr)
+        return EXIT_FAILED
     except exc.DBAPIError as error:
         print(f"jobs-pipeline: db upgrade failed: {first_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     print(f"jobs_pipeline schema at revision {revision}")
     return 0
+
+
+# -- setup and doctor -------------------------------------------------------------------
+
+
+def deployment_instance_environment(command: str) -> None:
+    """`DATABASE_URL` and the instance in `DAGSTER_HOME` (or `dev`'s for the same app
+    database): what `setup` and `doctor` work on.
+    """
+    prepare_app_database(schema=False)
+    if not os.environ.get("DAGSTER_HOME"):
+        raise UsageError(
+            f"{command} works on a Dagster instance: set DAGSTER_HOME (README: Deploying), or"
+            " start `jobs-pipeline dev` first and it uses dev's"
+        )
+    fill_environment(dagster_storage=True)
+
+
+def command_setup(code_server: str, *, create_app_tables: bool) -> int:
+    from jobs_pipeline.deployment.setup import SetupRefused, parse_address, set_up
+
+    try:
+        parse_address(code_server)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    deployment_instance_environment("setup")
+    try:
+        set_up(
+            os.environ["DATABASE_URL"],
+            Path(os.environ["DAGSTER_HOME"]),
+            code_server=code_server,
+            create_app_tables=create_app_tables,
+            write=print,
+        )
+    except SetupRefused as refusal:
+        print(f"jobs-pipeline: setup: {refusal}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def command_doctor() -> int:
+    import time
+
+    import dagster as dg
+
+    from jobs_pipeline.database import create_app_engine
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.deployment.doctor import Deployment, report
+
+    deployment_instance_environment("doctor")
+    home = Path(os.environ["DAGSTER_HOME"])
+    workspace = home / "workspace.yaml"
+    engine = create_app_engine(os.environ["DATABASE_URL"])
+    try:
+        with dg.DagsterInstance.get() as instance:
+            deployment = Deployment(
+                instance=instance,
+                app_engine=engine,
+                defs=defs,
+                workspace=workspace if workspace.exists() else None,
+                now=time.time(),
+            )
+            healthy = report(deployment, print)
+    finally:
+        engine.dispose()
+    return 0 if healthy else EXIT_FAILED
 
 
 # -- undo and why -------------------------------------------------------------------------

@@ -169,8 +169,10 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
     the first failed step or resource (a bad DATABASE_URL fails the resource), else
     the run's own failure message (a run stopped for exceeding its maximum runtime).
     """
-    run_failure = ""
+    run_failure = crash = ""
     for event in events:
+        if is_crash_explanation(event):
+            crash = crash or (event.message or "").strip().splitlines()[0]
         if event.is_step_failure:
             failure = event.step_failure_data
             if failure.user_failure_data is not None and failure.user_failure_data.description:
@@ -180,10 +182,20 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
             return innermost_message(getattr(event.event_specific_data, "error", None))
         if event.event_type in RUN_ENDED_BADLY and event.message:
             run_failure = run_failure or event.message.strip().splitlines()[0]
-    return run_failure or "the run failed"
+    return crash or run_failure or "the run failed"
 
 
 RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+# What the code server records when a run's process died under it: "Run execution process
+# for <run id> was terminated by signal 9 (SIGKILL)." (the run's failure itself only says
+# it "has been marked as failed from outside the execution context").
+CRASH_PREFIX = "Run execution process for"
+
+
+def is_crash_explanation(event: dg.DagsterEvent) -> bool:
+    return event.event_type == dg.DagsterEventType.ENGINE_EVENT and (
+        event.message or ""
+    ).startswith(CRASH_PREFIX)
 
 
 def record_operator_stop(instance: dg.DagsterInstance, run_id: str, who: str) -> None:
@@ -327,14 +339,9 @@ def open_instance() -> Iterator[dg.DagsterInstance]:
 def project_pools() -> list[str]:
     """Every concurrency pool the project's ops name."""
     from jobs_pipeline.definitions import defs
+    from jobs_pipeline.deployment.status import job_pools
 
-    pools = {
-        pool
-        for job in defs.resolve_all_job_defs()
-        for node in job.nodes_in_topological_order
-        if (pool := getattr(node.definition, "pool", None))
-    }
-    return sorted(pools)
+    return job_pools(defs.resolve_all_job_defs())
 
 
 def prepare_pools(instance: dg.DagsterInstance) -> None:

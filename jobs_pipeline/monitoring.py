@@ -10,6 +10,9 @@
   (the original design's "> 5 minutes"); `dagster/max_runtime` stops a stuck run.
 - `failure_rate_sensor`: a job whose failed runs exceed 10% of its runs in the
   trailing 24 hours alerts once per job per 24-hour window.
+- `waiting_run_sensor`: a run still waiting for its turn (QUEUED, or started with its step
+  waiting for a pool's slot) past its job's limit (15 minutes) alerts once, naming what
+  it waits for: the run ahead of it, the pool and the run holding it, or the queue's limit.
 """
 
 import json
@@ -26,12 +29,18 @@ from jobs_pipeline.alerting import (
     delivered_on_run,
     pending_channels,
 )
-from jobs_pipeline.jobs.scheduling import ALERT_AFTER_TAG, DEFAULT_ALERT_AFTER_SECONDS
+from jobs_pipeline.deployment.status import job_pools, read_pools, waiting_runs
+from jobs_pipeline.jobs.scheduling import (
+    ALERT_AFTER_TAG,
+    DEFAULT_ALERT_AFTER_SECONDS,
+    waiting_alert_after,
+)
 from jobs_pipeline.launch import first_failure_line
 
 FAILED = "failed"
 STILL_RUNNING = "still running"
 FAILURE_RATE = "failure rate"
+WAITING = "waiting"
 
 FAILURE_RATE_THRESHOLD = 0.10
 FAILURE_RATE_WINDOW = timedelta(hours=24)
@@ -42,6 +51,8 @@ FAILURE_EVENTS = {
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.RESOURCE_INIT_FAILURE,
     dg.DagsterEventType.RUN_FAILURE,
+    # Where the code server says how a run's process died (killed, out of memory).
+    dg.DagsterEventType.ENGINE_EVENT,
 }
 
 
@@ -50,7 +61,8 @@ def failure_alert(
 ) -> Alert:
     records = instance.all_logs(run.run_id, of_type=FAILURE_EVENTS)
     events = [record.dagster_event for record in records if record.dagster_event is not None]
-    failed_at = records[-1].timestamp if records else time.time()
+    failures = [r for r in records if r.dagster_event_type != dg.DagsterEventType.ENGINE_EVENT]
+    failed_at = failures[-1].timestamp if failures else time.time()
     return Alert(
         kind=FAILED,
         job_name=run.job_name,
@@ -152,6 +164,40 @@ def long_running_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertCh
         deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
 
 
+@dg.sensor(
+    name="waiting_run_sensor",
+    description=(
+        "Alerts once when a run has waited for its turn (queued, or for a pool's slot) past"
+        " its job's limit (15 minutes), naming what it waits for."
+    ),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannels) -> None:
+    assert context.repository_def is not None
+    now = time.time()
+    pools = read_pools(context.instance, job_pools(context.repository_def.get_all_jobs()))
+    for waiting in waiting_runs(context.instance, pools, now):
+        run = waiting.run
+        limit = waiting_alert_after(run.tags)
+        if waiting.waited(now) <= limit:
+            continue
+        if delivered_on_run(run, WAITING) and not pending_channels(run, WAITING, alerts):
+            continue
+        alert = Alert(
+            kind=WAITING,
+            job_name=run.job_name,
+            headline=(
+                f"waiting for {duration(waiting.waited(now))} (its limit is"
+                f" {duration(limit)}) for {waiting.waits_for}"
+            ),
+            at=datetime.fromtimestamp(now, UTC),
+            link=alerts.run_link(run.run_id),
+            run_id=run.run_id,
+        )
+        deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
+
+
 def duration(seconds: float) -> str:
     return f"{int(seconds)} s" if seconds < 120 else f"{int(seconds // 60)} min"
 
@@ -226,4 +272,5 @@ MONITORING_SENSORS = [
     alert_redelivery_sensor,
     long_running_run_sensor,
     failure_rate_sensor,
+    waiting_run_sensor,
 ]

@@ -16,9 +16,10 @@ from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres
-from jobs_pipeline.jobs.forecast import next_tick, tonight_forecast_job
+from jobs_pipeline.jobs.forecast import tonight_forecast_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_schedule
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
+from jobs_pipeline.jobs.scheduling import next_tick
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_schedule
 from jobs_pipeline.launch import op_config_for

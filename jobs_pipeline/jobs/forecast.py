@@ -21,10 +21,9 @@ It writes nothing and takes no writer lock. It is a tool, not a maintenance job:
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
-from dagster._utils.schedules import cron_string_iterator
 
 from jobs_pipeline.alerting import Alert, AlertChannels, deliver, tag_key
 from jobs_pipeline.database import AppDatabase
@@ -37,7 +36,7 @@ from jobs_pipeline.jobs import (
 from jobs_pipeline.jobs.guard import Change, Learned, blast_radius_refusal, number
 from jobs_pipeline.jobs.normal import Normal, learned_normal
 from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
-from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags, utc_schedule
+from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags, next_tick, utc_schedule
 
 JOB_NAME = "tonight_forecast"
 OP_NAME = "forecast_tonight"
@@ -231,14 +230,6 @@ RULES: tuple[tuple[dg.ScheduleDefinition, Rule], ...] = (
     (promo_cleanup.promo_cleanup_schedule, predict_promo_cleanup),
     (trial_reminder.trial_reminder_schedule, predict_trial_reminder),
 )
-
-
-def next_tick(schedule: dg.ScheduleDefinition, now: datetime) -> datetime:
-    """The schedule's first tick strictly after `now`, in UTC (Dagster's own cron reading)."""
-    ticks = cron_string_iterator(
-        now.timestamp(), str(schedule.cron_schedule), schedule.execution_timezone
-    )
-    return next(tick for tick in ticks if tick > now).astimezone(UTC)
 
 
 def forecast(

@@ -3,9 +3,11 @@ limits, UTC schedules.
 """
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
+from dagster._utils.schedules import cron_string_iterator
 
 Priority = Literal["high", "medium", "low"]
 
@@ -18,11 +20,24 @@ ALERT_AFTER_TAG = "jobs_pipeline/alert_after_seconds"
 DEFAULT_ALERT_AFTER_SECONDS = 300
 # Run monitoring (dagster.yaml) stops a run that goes on past this: a stuck run.
 DEFAULT_MAX_RUNTIME_SECONDS = 1800
+# A run still waiting for its turn (queued, or for a pool's slot) after this long alerts once.
+ALERT_WAITING_AFTER_TAG = "jobs_pipeline/alert_waiting_after_seconds"
+DEFAULT_ALERT_WAITING_AFTER_SECONDS = 900
 
 
 # An operators' tool, not a job run by name (`run`, `list`, the admin API leave it out):
 # undo (its own command, never scheduled) and the evening forecast (its own schedule).
 TOOL_TAG = "jobs_pipeline/tool"
+
+
+def waiting_alert_after(tags: Mapping[str, str]) -> float:
+    """A run's own waiting limit (its job's tag, or one given at launch), else 15 minutes;
+    a backfill's runs (Dagster's asset job) carry no job tags and get the default.
+    """
+    try:
+        return float(tags.get(ALERT_WAITING_AFTER_TAG) or DEFAULT_ALERT_WAITING_AFTER_SECONDS)
+    except ValueError:
+        return DEFAULT_ALERT_WAITING_AFTER_SECONDS
 
 
 def is_maintenance_job(job: dg.JobDefinition) -> bool:
@@ -36,9 +51,11 @@ def job_tags(
     *,
     alert_after_seconds: int = DEFAULT_ALERT_AFTER_SECONDS,
     max_runtime_seconds: int = DEFAULT_MAX_RUNTIME_SECONDS,
+    alert_waiting_after_seconds: int = DEFAULT_ALERT_WAITING_AFTER_SECONDS,
 ) -> dict[str, str]:
     """Tags the queue and the monitors read: priority, one run at a time per job
-    (`job_lock`), when a slow run alerts, and when a stuck one is stopped.
+    (`job_lock`), when a slow run alerts, when a stuck one is stopped, and when one still
+    waiting for its turn alerts.
     """
     if not 0 < alert_after_seconds < max_runtime_seconds:
         raise ValueError("a job's alert threshold must come before its maximum runtime")
@@ -48,6 +65,7 @@ def job_tags(
         "job_lock": job_name,
         ALERT_AFTER_TAG: str(alert_after_seconds),
         "dagster/max_runtime": str(max_runtime_seconds),
+        ALERT_WAITING_AFTER_TAG: str(alert_waiting_after_seconds),
     }
 
 
@@ -60,3 +78,28 @@ def utc_schedule(job: dg.JobDefinition, cron: str) -> dg.ScheduleDefinition:
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
+
+
+def next_tick(schedule: dg.ScheduleDefinition, now: datetime) -> datetime:
+    """The schedule's first tick strictly after `now`, in UTC (Dagster's own cron reading)."""
+    ticks = cron_string_iterator(
+        now.timestamp(), str(schedule.cron_schedule), schedule.execution_timezone
+    )
+    return next(tick for tick in ticks if tick > now).astimezone(UTC)
+
+
+def schedule_interval_seconds(schedule: dg.ScheduleDefinition) -> float:
+    """The time between two ticks (the schedules here tick at a fixed interval)."""
+    first = next_tick(schedule, datetime.now(UTC))
+    return (next_tick(schedule, first) - first).total_seconds()
+
+
+# A scheduled job may run late (it waits for its turn, or retries) by half its interval,
+# and by at least 15 minutes, before its missing success is a fault.
+MIN_SUCCESS_SLACK_SECONDS = 900
+
+
+def success_overdue_after(schedule: dg.ScheduleDefinition) -> float:
+    """How long after its last success a scheduled job's next one is overdue."""
+    interval = schedule_interval_seconds(schedule)
+    return interval + max(interval / 2, MIN_SUCCESS_SLACK_SECONDS)
