@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from jobs_pipeline.jobs.reporting import iso_utc, seed_name
 from jobs_pipeline.mail import Mailer
 
-SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL")
+SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL", "HEARTBEAT_URL")
 URL_VARIABLES = ("DATABASE_URL", "DAGSTER_POSTGRES_URL")
 
 

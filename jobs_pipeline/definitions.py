@@ -12,6 +12,7 @@ import dagster as dg
 from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.deployment.run_workers import run_worker_executor
+from jobs_pipeline.heartbeats import Heartbeats
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     discipline_stats_rollup_job,
     discipline_stats_rollup_schedule,
@@ -83,6 +84,7 @@ defs = dg.Definitions(
             webhook_url=optional_env("ALERT_WEBHOOK_URL"),
             webserver_url=optional_env("DAGSTER_WEBSERVER_URL") or "http://127.0.0.1:3000",
         ),
+        "heartbeats": Heartbeats(url=optional_env("HEARTBEAT_URL")),
     },
     # Each job is one op over SQL: a subprocess per step would only add seconds. The run's
     # worker holds a sign of life meanwhile, which the daemon checks (dagster.yaml).

@@ -10,6 +10,8 @@
   (the original design's "> 5 minutes"); `dagster/max_runtime` stops a stuck run.
 - `failure_rate_sensor`: a job whose failed runs exceed 10% of its runs in the
   trailing 24 hours alerts once per job per 24-hour window.
+- `heartbeat_sensor`: each successful scheduled run pings `HEARTBEAT_URL` once (a dead
+  man's switch: the outside service alerts when the pings stop, daemon down included).
 - `waiting_run_sensor`: a run still waiting for its turn (QUEUED, or started with its step
   waiting for a pool's slot) past its job's limit (15 minutes) alerts once, naming what
   it waits for: the run ahead of it, the pool and the run holding it, or the queue's limit.
@@ -30,11 +32,14 @@ from jobs_pipeline.alerting import (
     pending_channels,
 )
 from jobs_pipeline.deployment.status import job_pools, read_pools, waiting_runs
+from jobs_pipeline.heartbeats import Heartbeats
+from jobs_pipeline.jobs.reporting import iso_utc
 from jobs_pipeline.jobs.scheduling import (
     ALERT_AFTER_TAG,
     DEFAULT_ALERT_AFTER_SECONDS,
     waiting_alert_after,
 )
+from jobs_pipeline.jobs.writers import DRY_RUN_TAG
 from jobs_pipeline.launch import first_failure_line
 
 FAILED = "failed"
@@ -198,6 +203,51 @@ def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannel
         deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
 
 
+SCHEDULE_TAG = "dagster/schedule_name"
+PINGED_TAG = "jobs_pipeline/heartbeat_pinged"
+# A ping later than this says nothing an outside service still wants to hear.
+HEARTBEAT_HORIZON = timedelta(hours=1)
+
+
+def owes_a_ping(run: dg.DagsterRun) -> bool:
+    """A scheduled, real (not dry) run that has not pinged yet."""
+    tags = run.tags
+    return SCHEDULE_TAG in tags and tags.get(DRY_RUN_TAG) != "true" and PINGED_TAG not in tags
+
+
+@dg.sensor(
+    name="heartbeat_sensor",
+    description=(
+        "Pings HEARTBEAT_URL once for each successful scheduled run, so an outside service"
+        " alerts when the runs (or the daemon) stop."
+    ),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
+def heartbeat_sensor(context: dg.SensorEvaluationContext, heartbeats: Heartbeats) -> None:
+    if not heartbeats.configured:
+        return
+    now = datetime.now(UTC)
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.SUCCESS], updated_after=now - HEARTBEAT_HORIZON
+        )
+    )
+    for record in records:
+        run = record.dagster_run
+        if not owes_a_ping(run):
+            continue
+        try:
+            heartbeats.ping(run.job_name)
+        except Exception as error:  # the service is down: the next evaluation tries again
+            context.log.warning(
+                f"Heartbeat for {run.job_name} (run {run.run_id}) failed, to be retried:"
+                f" {type(error).__name__}"
+            )
+            continue
+        context.instance.add_run_tags(run.run_id, {PINGED_TAG: iso_utc(now)})
+
+
 def duration(seconds: float) -> str:
     return f"{int(seconds)} s" if seconds < 120 else f"{int(seconds // 60)} min"
 
@@ -273,4 +323,5 @@ MONITORING_SENSORS = [
     long_running_run_sensor,
     failure_rate_sensor,
     waiting_run_sensor,
+    heartbeat_sensor,
 ]

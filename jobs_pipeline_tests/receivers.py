@@ -85,3 +85,36 @@ def webhook_server() -> Iterator[WebhookServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class PingReceiver:
+    """A dead man's switch service (healthchecks.io and the like): the paths it was pinged at."""
+
+    base: str
+    paths: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def ping_receiver() -> Iterator[PingReceiver]:
+    port = free_port()
+    receiver = PingReceiver(base=f"http://127.0.0.1:{port}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            receiver.paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
