@@ -22,6 +22,7 @@ from psycopg import sql
 from sqlalchemy import Engine, text
 
 from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY
 from jobs_pipeline_tests.deployment import (
     LOCATION_NAME,
     REPOSITORY_NAME,
@@ -313,3 +314,16 @@ def ended_cleanly(run: dict[str, Any]) -> bool:
 
 def nothing_in_progress(deployment: Deployment) -> bool:
     return not runs_where(deployment, statuses=IN_PROGRESS)
+
+
+def backfill_params(shards: tuple[str, ...], **tags: str) -> dict[str, Any]:
+    """What the UI's "Materialize… > Launch backfill" sends for an asset's partitions:
+    the asset selection and the partition names (its target is the hidden asset job),
+    with the UI's tag and any the operator added.
+    """
+    return {
+        "tags": [FROM_UI, *({"key": key, "value": value} for key, value in tags.items())],
+        "assetSelection": [{"path": ASSET_KEY.path}],
+        "partitionNames": list(shards),
+        "fromFailure": False,
+    }

@@ -347,13 +347,17 @@ def start_dagster(deployment: Deployment) -> None:
 
 @contextmanager
 def running_deployment(
-    folder: Path, app_db_url: str, dagster_db_url: str, **env: str
+    folder: Path,
+    app_db_url: str,
+    dagster_db_url: str,
+    code_server_env: Mapping[str, str] | None = None,
+    **env: str,
 ) -> Iterator[Deployment]:
     """Dagster deployed as README.md says, in `folder`; stopped, all of it, on the way out.
 
     `dagster_db_url` is Dagster's storage (`postgresql+psycopg2://`, an existing, empty
     database); `app_db_url` the app's database, which only the code server (and the run
-    workers it starts) is given; `env` goes to every process.
+    workers it starts) is given, with `code_server_env`; `env` goes to every process.
     """
     environment = cli_environment(
         folder / "state",
@@ -361,7 +365,8 @@ def running_deployment(
         DAGSTER_POSTGRES_URL=dagster_db_url,
         **env,
     )
-    deployment = Deployment(folder, environment, {"DATABASE_URL": app_db_url})
+    code_variables = {"DATABASE_URL": app_db_url, **(code_server_env or {})}
+    deployment = Deployment(folder, environment, code_variables)
     write_dagster_home(deployment)
     try:
         start_dagster(deployment)

@@ -1,4 +1,5 @@
 """Runs whose process dies, on the deployed topology: nothing stays stuck, someone hears.
+(And a run left waiting behind a held slot is heard of too.)
 
 Each test starts the processes README.md's "Deploying" starts (code server, webserver,
 daemon; `jobs_pipeline_tests.deployment`), holds a real run mid-write at a gate, then
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, Text, cast, func, select, text
 
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import WRITER_LOCK_NAMESPACE
@@ -30,19 +31,24 @@ from jobs_pipeline.definitions import defs
 from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
+from jobs_pipeline.jobs.scheduling import ALERT_WAITING_AFTER_TAG
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline.launch import op_config_for
 from jobs_pipeline.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.deployed_runs import (
+    LAUNCH_PARTITION_BACKFILL,
     LAUNCH_RUN,
     POOL,
+    backfill_params,
     close_gate,
     event_types,
     execution_params,
     failure_reason,
     open_gate,
+    repository_selector,
     run_record,
+    runs_where,
     wait_for,
     wait_for_status,
 )
@@ -156,7 +162,9 @@ def still_paying(engine: Engine) -> int:
 
 
 def each_user_changed_once(engine: Engine) -> dict[str, int]:
-    """Downgrades, ledger rows, distinct users in the ledger, tier-expired emails queued."""
+    """Users downgraded (free now, by a recorded change), ledger rows, distinct users in
+    the ledger, tier-expired emails queued, distinct users emailed.
+    """
     with engine.connect() as connection:
         ledger = connection.execute(
             select(func.count(), func.count(change_ledger.c.row_key.distinct())).where(
@@ -168,8 +176,11 @@ def each_user_changed_once(engine: Engine) -> dict[str, int]:
                 email_outbox.c.template == "tier-expired"
             )
         ).one()
+        in_ledger = select(change_ledger.c.row_key).where(change_ledger.c.table_name == "users")
         downgraded = connection.execute(
-            select(func.count()).select_from(users).where(users.c.tier == "free")
+            select(func.count())
+            .select_from(users)
+            .where(users.c.tier == "free", cast(users.c.id, Text).in_(in_ledger))
         ).scalar_one()
     return {
         "downgraded": downgraded,
@@ -422,3 +433,89 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
             assert failure_alerts(webhook_server, first_id) == []
         assert wait_for_doctor_clean(deployment)
     restarted.server.cleanup()
+
+
+# -- 4. a run left waiting behind a held slot -------------------------------------------------
+
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 5) { timestamp status } } }
+  }
+}
+"""
+
+
+def sensor_evaluated_since(deployment: Deployment, sensor: str, since: float) -> bool:
+    selector = {**repository_selector(), "sensorName": sensor}
+    found = deployment.graphql(SENSOR_TICKS, selector=selector)["sensorOrError"]
+    assert found["__typename"] == "Sensor", found
+    ticks = found["sensorState"]["ticks"]
+    return any(t["timestamp"] > since and t["status"] != "STARTED" for t in ticks)
+
+
+def waiting_alerts(webhook: WebhookServer) -> list[dict[str, Any]]:
+    return [post for post in webhook.posts if post["kind"] == "waiting"]
+
+
+def test_a_run_queued_behind_a_held_slot_alerts_once_naming_the_pool_and_its_holder(
+    deployment: Deployment, engine: Engine, webhook_server: WebhookServer
+):
+    """The rollup holds its table's pool at the gate; a backfill of two shards, launched
+    from the UI with a waiting limit of a few seconds (the tag an operator may add; each
+    job's own limit is 15 minutes), waits behind it: one alert, naming the pool and the
+    rollup's run, and doctor says the same; nothing more once the run has gone on.
+    """
+    make_journals(engine, seed=23, user_count=40)
+    close_gate(engine, "user_discipline_stats")
+    holder_id = launch(deployment, ROLLUP_JOB, tags=ALL_SHARDS_TAGS)
+    wait_until(
+        deployment,
+        "the rollup's step started",
+        lambda: "STEP_START" in event_types(run_record(deployment, holder_id)),
+        START_DEADLINE_S,
+    )
+    params = backfill_params(("03", "04"), **{ALERT_WAITING_AFTER_TAG: "5"})
+    launched = deployment.graphql(LAUNCH_PARTITION_BACKFILL, backfillParams=params)
+    backfill_id = launched["launchPartitionBackfill"]["backfillId"]
+    waiting_id = wait_until(
+        deployment,
+        "the backfill's run created",
+        lambda: next(
+            (r["runId"] for r in runs_where(deployment, tags={"dagster/backfill": backfill_id})),
+            None,
+        ),
+        START_DEADLINE_S,
+    )
+
+    (alert,) = wait_until(
+        deployment,
+        "the waiting run alerted",
+        lambda: waiting_alerts(webhook_server),
+        ALERT_DEADLINE_S,
+    )
+    report = wait_until(
+        deployment,
+        "doctor named the waiting run",
+        lambda: doctor_names(deployment, waiting_id),
+        START_DEADLINE_S,
+    )
+    alerted_at = time.time()
+    wait_until(
+        deployment,
+        "the waiting-run sensor evaluated again",
+        lambda: sensor_evaluated_since(deployment, "waiting_run_sensor", alerted_at),
+        ALERT_DEADLINE_S,
+    )
+    open_gate(engine)
+    done = wait_for_status(
+        deployment, waiting_id, ("SUCCESS", "FAILURE", "CANCELED"), RECOVERY_DEADLINE_S
+    )
+
+    assert alert["run_id"] == waiting_id, alert
+    assert "pool writes_user_discipline_stats" in alert["text"], alert["text"]
+    assert holder_id in alert["text"], alert["text"]
+    assert waiting_alerts(webhook_server) == [alert]
+    assert "pool writes_user_discipline_stats" in report and holder_id in report, report
+    assert done["status"] == "SUCCESS", failure_reason(done)

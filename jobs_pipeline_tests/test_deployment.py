@@ -15,13 +15,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS, ASSET_KEY, shard_of
+from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS, shard_of
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.deployed_runs import (
-    FROM_UI,
     LAUNCH_MULTIPLE_RUNS,
     LAUNCH_PARTITION_BACKFILL,
     POOL,
@@ -30,6 +29,7 @@ from jobs_pipeline_tests.deployed_runs import (
     SCHEDULE,
     SCHEDULE_DRY_RUN,
     SETTLE_DEADLINE_S,
+    backfill_params,
     close_gate,
     ended_cleanly,
     event_types,
@@ -120,18 +120,6 @@ def add_journals_in_backfill_shards(engine: Engine) -> None:
         users = make_journals(engine, seed=seed, user_count=40)
         if {shard_of(user) for user in users} >= set(BACKFILL_SHARDS):
             return
-
-
-def backfill_params(shards: tuple[str, ...]) -> dict[str, Any]:
-    """What the UI's "Materialize… > Launch backfill" sends for an asset's partitions:
-    the asset selection and the partition names (its target is the hidden asset job).
-    """
-    return {
-        "tags": [FROM_UI],
-        "assetSelection": [{"path": ASSET_KEY.path}],
-        "partitionNames": list(shards),
-        "fromFailure": False,
-    }
 
 
 def held_back(deployment: Deployment, backfill_id: str) -> dict[str, Any] | None:
