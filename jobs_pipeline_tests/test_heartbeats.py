@@ -28,7 +28,13 @@ def heartbeat_instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def run(db: AppDatabase, instance: dg.DagsterInstance, *, dry_run: bool = False, **tags: str):
+def run(
+    db: AppDatabase,
+    instance: dg.DagsterInstance,
+    tags: dict[str, str] | None = None,
+    *,
+    dry_run: bool = False,
+):
     config = op_config_for(global_override_check_job, dry_run=dry_run)
     return global_override_check_job.execute_in_process(
         resources={"db": db}, instance=instance, raise_on_error=False, tags=tags, run_config=config
@@ -46,12 +52,12 @@ def test_each_successful_scheduled_run_pings_once_and_no_other_run_does(
     engine, db, heartbeat_instance, ping_receiver: PingReceiver
 ):
     heartbeats = Heartbeats(url=f"{ping_receiver.base}/ping/key/{{job}}")
-    scheduled = run(db, heartbeat_instance, **SCHEDULED)
+    scheduled = run(db, heartbeat_instance, SCHEDULED)
     by_hand = run(db, heartbeat_instance)
-    dry = run(db, heartbeat_instance, dry_run=True, **SCHEDULED)
+    dry = run(db, heartbeat_instance, SCHEDULED, dry_run=True)
     with engine.begin() as connection:
         set_override(connection, "not an object")  # the next run fails on it
-    failed = run(db, heartbeat_instance, **SCHEDULED)
+    failed = run(db, heartbeat_instance, SCHEDULED)
     assert (scheduled.success, by_hand.success, dry.success, failed.success) == (
         True,
         True,
@@ -70,7 +76,7 @@ def test_each_successful_scheduled_run_pings_once_and_no_other_run_does(
 def test_a_ping_the_service_refused_is_sent_at_the_next_evaluation(
     db, heartbeat_instance, ping_receiver: PingReceiver
 ):
-    scheduled = run(db, heartbeat_instance, **SCHEDULED)
+    scheduled = run(db, heartbeat_instance, SCHEDULED)
     assert scheduled.success
 
     evaluate(heartbeat_instance, Heartbeats(url="http://127.0.0.1:1/{job}"))  # nobody listens
@@ -81,7 +87,7 @@ def test_a_ping_the_service_refused_is_sent_at_the_next_evaluation(
 
 
 def test_without_heartbeat_url_nothing_is_pinged(db, heartbeat_instance):
-    scheduled = run(db, heartbeat_instance, **SCHEDULED)
+    scheduled = run(db, heartbeat_instance, SCHEDULED)
 
     evaluate(heartbeat_instance, Heartbeats())
 

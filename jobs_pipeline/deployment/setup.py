@@ -1,11 +1,12 @@
 """`jobs-pipeline setup`: a deployment's storage prepared in one pass, safe to run again.
 
-In order: `DAGSTER_HOME` holds the project's `dagster.yaml` and a workspace file naming
-the code server (written when missing, kept when there); the app database has the app's
-tables (the app's migrations make them; a trial may lay the contract's schema into an
-empty database); the project's schema `jobs_pipeline` is at head; Dagster's storage has
-its tables and every pool a job writes through has its limit row, before two runs race
-to create one (a race that crashes one of them on a fresh storage).
+In order: the app database has the app's tables (the app's migrations make them; a
+trial may lay the contract's schema into an empty database), else nothing is done;
+`DAGSTER_HOME` holds the project's `dagster.yaml` and a workspace file naming the code
+server (written when missing, kept when there); the project's schema `jobs_pipeline` is
+at head; Dagster's storage has its tables and every pool a job writes through has its
+limit row, before two runs race to create one (a race that crashes one of them on a
+fresh storage).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def set_up(
     create_app_tables: bool,
     write: Callable[[str], Any],
 ) -> None:
-    write_instance_files(home, code_server, write)
     prepare_app_database(app_url, create_app_tables=create_app_tables, write=write)
+    write_instance_files(home, code_server, write)
     write(f"schema jobs_pipeline: at revision {upgrade(app_url)}")
     with dg.DagsterInstance.get() as instance:
         prepare_instance(instance, write)
