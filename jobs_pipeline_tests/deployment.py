@@ -1,9 +1,9 @@
 """The production topology started for a test: Dagster's own processes, each on its own.
 
-`running_deployment` starts what README.md's "Deploying" section tells an operator to
-start, with the same commands: the code location served over gRPC by
-`dagster code-server start`, a workspace file in DAGSTER_HOME pointing at it, then
-`dagster-webserver` and `dagster-daemon run` on that workspace, all on one PostgreSQL
+`running_deployment` does what README.md's "Deploying" section tells an operator to do,
+with the same commands: `jobs-pipeline setup` (DAGSTER_HOME's files, the schema, the
+pools), the code location served over gRPC by `dagster code-server start`, then, once it
+answers, `dagster-webserver` and `dagster-daemon run` on the workspace file, on one PostgreSQL
 storage, every secret an environment variable. Each process runs in a session (and so a
 process group) of its own, logging to a file, so a test can kill one of them (the daemon)
 without touching the others, and so everything can be stopped on the way out, whatever
@@ -15,7 +15,6 @@ More processes (the admin HTTP API, say) are one `Deployment.start(name, argv)` 
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from jobs_pipeline.launch import project_pools
 from jobs_pipeline_tests.processes import (
+    JOBS_PIPELINE,
     answers_200,
     cli_environment,
     descendants,
@@ -72,18 +69,8 @@ def daemon_argv(workspace: Path) -> list[str]:
     return [str(DAGSTER_DAEMON), "run", "-w", str(workspace)]
 
 
-def concurrency_argv(pool: str, limit: int = 1) -> list[str]:
-    return [str(DAGSTER), "instance", "concurrency", "set", pool, str(limit)]
-
-
 def health_check_argv(port: int) -> list[str]:
     return [str(DAGSTER), "api", "grpc-health-check", "-p", str(port)]
-
-
-def workspace_document(port: int) -> dict[str, Any]:
-    """The workspace file the webserver and the daemon load: the code server, by address."""
-    server = {"host": HOST, "port": port, "location_name": LOCATION_NAME}
-    return {"load_from": [{"grpc_server": server}]}
 
 
 @dataclass
@@ -300,38 +287,27 @@ DAEMONS_QUERY = """
 """
 
 
-def write_dagster_home(deployment: Deployment) -> None:
-    """DAGSTER_HOME as README.md lays it out: the repo's dagster.yaml and a workspace file."""
-    deployment.home.mkdir(parents=True)
-    shutil.copy(REPOSITORY / "dagster.yaml", deployment.home / "dagster.yaml")
-    deployment.workspace.write_text(
-        yaml.safe_dump(workspace_document(deployment.code_server_port), sort_keys=False)
-    )
-
-
-def set_pool_limits(deployment: Deployment) -> None:
-    """`dagster instance concurrency set POOL 1` for every pool, before any run: on a fresh
-    storage, runs racing to create a pool's limit row crashed one of them (notes). The
-    first command also creates Dagster's tables, before two processes race for that.
+def set_up(deployment: Deployment) -> None:
+    """`jobs-pipeline setup`, as README.md's "Deploying" runs it first: DAGSTER_HOME's
+    dagster.yaml and workspace file, the app's tables checked, the project's schema, and
+    every pool's limit before any run (runs racing to create one crashed one, notes).
     """
-    for pool in project_pools():  # every pool a job's op names: `writes_<table>`
-        done = subprocess.run(
-            concurrency_argv(pool),
-            env=deployment.dagster_environment,
-            cwd=deployment.folder,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_DEADLINE_S,
-        )
-        assert done.returncode == 0, f"{done.args}:\n{done.stdout}\n{done.stderr}"
+    done = subprocess.run(
+        [str(JOBS_PIPELINE), "setup", "--code-server", f"{HOST}:{deployment.code_server_port}"],
+        env=deployment.code_environment,
+        cwd=deployment.folder,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_DEADLINE_S,
+    )
+    assert done.returncode == 0, f"{done.args}:\n{done.stdout}\n{done.stderr}"
 
 
 def start_dagster(deployment: Deployment) -> None:
-    """The code server, the pools' limits meanwhile, then the webserver and the daemon."""
+    """The code server, then, once it answers, the webserver and the daemon."""
     code = deployment.start(
         "code-server", code_server_argv(deployment.code_server_port), grace_s=CODE_SERVER_GRACE_S
     )
-    set_pool_limits(deployment)
     deployment.wait_until("the code server answered", deployment.code_server_healthy)
     code.note_descendants()
     started = time.time()
@@ -367,7 +343,7 @@ def running_deployment(
     )
     code_variables = {"DATABASE_URL": app_db_url, **(code_server_env or {})}
     deployment = Deployment(folder, environment, code_variables)
-    write_dagster_home(deployment)
+    set_up(deployment)
     try:
         start_dagster(deployment)
         yield deployment
