@@ -172,7 +172,7 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
     run_failure = crash = ""
     for event in events:
         if is_crash_explanation(event):
-            crash = crash or (event.message or "").strip().splitlines()[0]
+            crash = crash or crash_explanation(event)
         if event.is_step_failure:
             failure = event.step_failure_data
             if failure.user_failure_data is not None and failure.user_failure_data.description:
@@ -186,16 +186,23 @@ def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
 
 
 RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
-# What the code server records when a run's process died under it: "Run execution process
-# for <run id> was terminated by signal 9 (SIGKILL)." (the run's failure itself only says
-# it "has been marked as failed from outside the execution context").
+# What the code server records when a run's process died under it: "[DagsterApiServer] Run
+# execution process for <run id> was terminated by signal 9 (SIGKILL)." (the run's failure
+# itself only says it "has been marked as failed from outside the execution context").
 CRASH_PREFIX = "Run execution process for"
 
 
 def is_crash_explanation(event: dg.DagsterEvent) -> bool:
     return event.event_type == dg.DagsterEventType.ENGINE_EVENT and (
-        event.message or ""
-    ).startswith(CRASH_PREFIX)
+        crash_explanation(event).startswith(CRASH_PREFIX)
+    )
+
+
+def crash_explanation(event: dg.DagsterEvent) -> str:
+    """The event's first line without the "[ClassName] " Dagster puts before it."""
+    lines = (event.message or "").strip().splitlines()
+    first = lines[0] if lines else ""
+    return first.split("] ", 1)[1] if first.startswith("[") and "] " in first else first
 
 
 def record_operator_stop(instance: dg.DagsterInstance, run_id: str, who: str) -> None:
