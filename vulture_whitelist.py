@@ -27,3 +27,12 @@ _.openapi
 down_revision
 branch_labels
 depends_on
+
+# Dagster loads the run launcher named in dagster.yaml and calls its hooks.
+WorkerCheckingRunLauncher
+_.from_config_value
+_.supports_check_run_worker_health
+_.check_run_worker_health
+
+# prometheus_client's registry calls a collector's `collect` at each scrape.
+_.collect

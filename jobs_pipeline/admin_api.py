@@ -4,6 +4,7 @@
     GET  /api/admin/runs/{run_id} where a run stands, and its result once it has ended
     GET  /api/admin/jobs          every job with its schedule and last run
     GET  /api/admin/openapi.json  this API, generated from the models below
+    GET  /metrics                 Prometheus metrics, without a token (`deployment/metrics.py`)
 
 Runs go onto the Dagster instance's queue, as a schedule's or the UI's do, and a
 daemon's run worker executes them: the API never runs a job in its own process, so
@@ -28,7 +29,7 @@ from fastapi import Body, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import Engine
 
@@ -366,11 +367,33 @@ def create_app(
     ) -> JobList:
         return JobList(jobs=await run_in_threadpool(jobs_with_last_runs, state.instance))
 
+    add_metrics_route(app, instance, app_engine)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, bad_request)
     app.add_exception_handler(Exception, internal_error)
     return app
+
+
+def add_metrics_route(app: FastAPI, instance: dg.DagsterInstance, app_engine: Engine) -> None:
+    """`GET /metrics`: the deployment's Prometheus metrics, as `jobs-pipeline metrics` serves
+    them. Without a token, as Prometheus scrapes: they carry counts, ages and run ids, never
+    an email or a secret. Not in the OpenAPI document, which describes the admins' API.
+    """
+    from prometheus_client.exposition import choose_encoder
+
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.deployment.metrics import metrics_registry
+
+    registry = metrics_registry(instance, app_engine, defs)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        # The format Prometheus asks for (OpenMetrics, or the text format), as
+        # prometheus_client's own server answers it.
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = await run_in_threadpool(encode, registry)
+        return Response(body, headers={"Content-Type": content_type})
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a trial on an empty database: lay the app's schema in first (the app owns it)",
     )
     commands.add_parser("doctor", help="check a deployment; exit status 1 if anything is wrong")
+    metrics = commands.add_parser(
+        "metrics", help="serve the deployment's Prometheus metrics (GET /metrics)"
+    )
+    metrics.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    # 9464: in the range exporters take by convention (Prometheus' list of default ports).
+    metrics.add_argument("--port", type=int, default=9464, help="port (default 9464)")
 
     api = commands.add_parser("admin-api", help="serve the admin HTTP API")
     api.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -188,6 +194,8 @@ def run_command(args: argparse.Namespace) -> int:
             return command_setup(args.code_server, create_app_tables=args.create_app_tables)
         if args.command == "doctor":
             return command_doctor()
+        if args.command == "metrics":
+            return command_metrics(args.host, args.port)
         if args.command == "admin-api":
             return command_admin_api(args.host, args.port, args.wait_seconds)
     except UsageError as error:
@@ -425,18 +433,23 @@ def last_run(instance: Any, job_name: str) -> str:
 # -- demo-data ---------------------------------------------------------------------------
 
 
-def command_demo_data() -> int:
-    from jobs_pipeline.app_database_setup import (
-        DemoDataRefused,
-        load_demo_data,
-        prepare_embedded_app_database,
-        setup_engine,
-    )
+def app_database_url() -> str:
+    """`DATABASE_URL`; when unset, the embedded database's, given the app's schema (the
+    project owns that database, never one `DATABASE_URL` names).
+    """
+    from jobs_pipeline.app_database_setup import prepare_embedded_app_database
 
     environment = fill_environment(dagster_storage=False)
     url = os.environ["DATABASE_URL"]
     if environment.app_is_embedded:
         prepare_embedded_app_database(url, demo_data_when_empty=False)
+    return url
+
+
+def command_demo_data() -> int:
+    from jobs_pipeline.app_database_setup import DemoDataRefused, load_demo_data, setup_engine
+
+    url = app_database_url()
     with setup_engine(url) as engine:
         try:
             created = load_demo_data(engine)
@@ -452,20 +465,12 @@ def command_demo_data() -> int:
 def command_db_upgrade() -> int:
     from sqlalchemy import exc
 
-    from jobs_pipeline.app_database_setup import (
-        AppTablesMissing,
-        prepare_embedded_app_database,
-        require_app_tables,
-        setup_engine,
-    )
+    from jobs_pipeline.app_database_setup import AppTablesMissing, require_app_tables, setup_engine
     from jobs_pipeline.database import first_line
     from jobs_pipeline.schema_migrations import upgrade
 
-    environment = fill_environment(dagster_storage=False)
-    url = os.environ["DATABASE_URL"]
+    url = app_database_url()
     try:
-        if environment.app_is_embedded:
-            prepare_embedded_app_database(url, demo_data_when_empty=False)
         with setup_engine(url) as engine:
             require_app_tables(engine)
         revision = upgrade(url)
@@ -520,31 +525,40 @@ def command_setup(code_server: str, *, create_app_tables: bool) -> int:
 
 
 def command_doctor() -> int:
-    import time
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.deployment.doctor import check_deployment
 
+    deployment_instance_environment("doctor")
+    home = Path(os.environ["DAGSTER_HOME"])
+    healthy = check_deployment(os.environ["DATABASE_URL"], home, defs, print)
+    return 0 if healthy else EXIT_FAILED
+
+
+def command_metrics(host: str, port: int) -> int:
+    """Serves until SIGTERM or Ctrl-C, then exits 0: being stopped is how it ends."""
     import dagster as dg
 
     from jobs_pipeline.database import create_app_engine
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.deployment.doctor import Deployment, report
+    from jobs_pipeline.deployment.metrics import metrics_registry, serve
 
-    deployment_instance_environment("doctor")
-    home = Path(os.environ["DAGSTER_HOME"])
-    workspace = home / "workspace.yaml"
+    deployment_instance_environment("metrics")
     engine = create_app_engine(os.environ["DATABASE_URL"])
+
+    def ready(url: str) -> None:
+        print(f"jobs-pipeline: Prometheus metrics on {url}", file=sys.stderr, flush=True)
+
     try:
         with dg.DagsterInstance.get() as instance:
-            deployment = Deployment(
-                instance=instance,
-                app_engine=engine,
-                defs=defs,
-                workspace=workspace if workspace.exists() else None,
-                now=time.time(),
-            )
-            healthy = report(deployment, print)
+            serve(metrics_registry(instance, engine, defs), host, port, ready)
+    except KeyboardInterrupt:
+        print("jobs-pipeline: metrics: stopped", file=sys.stderr)
+    except OSError as error:
+        print(f"jobs-pipeline: metrics: cannot serve on {host}:{port}: {error}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         engine.dispose()
-    return 0 if healthy else EXIT_FAILED
+    return 0
 
 
 # -- undo and why -------------------------------------------------------------------------

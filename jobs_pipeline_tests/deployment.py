@@ -110,6 +110,7 @@ class Deployment:
         # What Dagster's own processes need; the code server also gets the app's settings.
         self.dagster_environment = dict(environment)
         self.code_environment = {**environment, **app_variables}
+        self.app_db_url = app_variables["DATABASE_URL"]
         self.code_server_port = free_port()
         self.webserver_port = free_port()
         self.workspace = self.home / "workspace.yaml"
@@ -294,7 +295,8 @@ def set_up(deployment: Deployment) -> None:
     """
     done = subprocess.run(
         [str(JOBS_PIPELINE), "setup", "--code-server", f"{HOST}:{deployment.code_server_port}"],
-        env=deployment.code_environment,
+        # From the project's checkout, as an operator runs it (not the code server's release).
+        env={**deployment.dagster_environment, "DATABASE_URL": deployment.app_db_url},
         cwd=deployment.folder,
         capture_output=True,
         text=True,
@@ -343,6 +345,7 @@ def running_deployment(
     )
     code_variables = {"DATABASE_URL": app_db_url, **(code_server_env or {})}
     deployment = Deployment(folder, environment, code_variables)
+    folder.mkdir(parents=True, exist_ok=True)
     set_up(deployment)
     try:
         start_dagster(deployment)

@@ -3,6 +3,7 @@
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -50,6 +51,19 @@ def smtp_server() -> Iterator[SmtpServer]:
         controller.stop()
 
 
+@contextmanager
+def serving(port: int, handler: type[BaseHTTPRequestHandler]) -> Iterator[None]:
+    """An HTTP server on loopback in a thread of this process, for as long as the block runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class WebhookServer:
     url: str
@@ -77,14 +91,8 @@ def webhook_server() -> Iterator[WebhookServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(port, Handler):
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -110,11 +118,5 @@ def ping_receiver() -> Iterator[PingReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(port, Handler):
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -37,6 +37,7 @@ from jobs_pipeline.launch import op_config_for
 from jobs_pipeline.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.deployed_runs import (
+    ENDED,
     LAUNCH_PARTITION_BACKFILL,
     LAUNCH_RUN,
     POOL,
@@ -67,6 +68,14 @@ START_DEADLINE_S = 120
 EXPIRED_USERS = 30
 BATCH = 5  # users per transaction: the gate holds the second batch, after the first commits
 WRITES_USERS = "writes_users"
+# What `each_user_changed_once` reads when every expired user was downgraded exactly once.
+EACH_USER_ONCE = {
+    "downgraded": EXPIRED_USERS,
+    "ledger rows": EXPIRED_USERS,
+    "users in the ledger": EXPIRED_USERS,
+    "emails": EXPIRED_USERS,
+    "users emailed": EXPIRED_USERS,
+}
 
 
 @pytest.fixture
@@ -228,7 +237,33 @@ def wait_for_doctor_clean(deployment: Deployment) -> str:
     return wait_until(deployment, "doctor reported a healthy deployment", clean, ALERT_DEADLINE_S)
 
 
-def assert_alerted_once(deployment: Deployment, webhook: WebhookServer, run_id: str) -> None:
+def recovered(
+    deployment: Deployment, dead_id: str, next_id: str, killed_at: float
+) -> tuple[str, dict[str, Any]]:
+    """Waits for doctor to name the dead run, then for the next run to succeed within the
+    3 minutes since the fault; returns doctor's report and the dead run (ended FAILURE).
+    """
+    report = wait_until(
+        deployment,
+        "doctor named the dead run",
+        lambda: doctor_names(deployment, dead_id),
+        START_DEADLINE_S,
+    )
+    finished = wait_for_status(
+        deployment,
+        next_id,
+        ENDED,
+        RECOVERY_DEADLINE_S - (time.monotonic() - killed_at),
+    )
+    assert finished["status"] == "SUCCESS", (failure_reason(finished), deployment.process_logs())
+    dead = run_record(deployment, dead_id)
+    assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
+    return report, dead
+
+
+def assert_alerted_once(
+    deployment: Deployment, webhook: WebhookServer, run_id: str
+) -> dict[str, Any]:
     wait_until(
         deployment,
         f"the dead run {run_id} alerted",
@@ -237,6 +272,7 @@ def assert_alerted_once(deployment: Deployment, webhook: WebhookServer, run_id: 
     )
     alerts = failure_alerts(webhook, run_id)
     assert len(alerts) == 1, alerts
+    return alerts[0]
 
 
 # -- 1. the process executing a run's steps, killed ------------------------------------------
@@ -266,33 +302,14 @@ def test_a_killed_step_process_frees_its_table_and_the_next_run_finishes_the_wor
     open_gate(engine)
     next_id = launch(deployment, EXPIRATION_JOB, batch_size=BATCH)
 
-    report = wait_until(
-        deployment,
-        "doctor named the dead run",
-        lambda: doctor_names(deployment, dead_id),
-        START_DEADLINE_S,
-    )
-    finished = wait_for_status(
-        deployment,
-        next_id,
-        ("SUCCESS", "FAILURE", "CANCELED"),
-        RECOVERY_DEADLINE_S - (time.monotonic() - killed_at),
-    )
-
-    assert finished["status"] == "SUCCESS", (failure_reason(finished), deployment.process_logs())
-    dead = run_record(deployment, dead_id)
-    assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
-    assert each_user_changed_once(engine) == {
-        "downgraded": EXPIRED_USERS,
-        "ledger rows": EXPIRED_USERS,
-        "users in the ledger": EXPIRED_USERS,
-        "emails": EXPIRED_USERS,
-        "users emailed": EXPIRED_USERS,
-    }
+    report, _ = recovered(deployment, dead_id, next_id, killed_at)
+    assert each_user_changed_once(engine) == EACH_USER_ONCE
     assert still_paying(engine) == 0
     assert slots_claimed(deployment, WRITES_USERS) == []
     assert writer_locks_held(engine) == 0
-    assert_alerted_once(deployment, webhook_server, dead_id)
+    alert = assert_alerted_once(deployment, webhook_server, dead_id)
+    # The alert says how the process died, not only that the run was failed from outside.
+    assert "was terminated by signal 9 (SIGKILL)" in alert["text"], alert["text"]
     assert wait_for_doctor_clean(deployment), report
 
 
@@ -320,22 +337,7 @@ def test_a_code_server_group_killed_mid_rollup_fails_the_run_and_the_next_one_wr
     deployment.wait_until("the code server answered again", deployment.code_server_healthy)
     next_id = launch(deployment, ROLLUP_JOB, tags=ALL_SHARDS_TAGS)
 
-    report = wait_until(
-        deployment,
-        "doctor named the dead run",
-        lambda: doctor_names(deployment, dead_id),
-        START_DEADLINE_S,
-    )
-    finished = wait_for_status(
-        deployment,
-        next_id,
-        ("SUCCESS", "FAILURE", "CANCELED"),
-        RECOVERY_DEADLINE_S - (time.monotonic() - killed_at),
-    )
-
-    assert finished["status"] == "SUCCESS", (failure_reason(finished), deployment.process_logs())
-    dead = run_record(deployment, dead_id)
-    assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
+    report, dead = recovered(deployment, dead_id, next_id, killed_at)
     assert "worker process is gone" in failure_reason(dead), failure_reason(dead)
     assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))
     assert slots_claimed(deployment, "writes_user_discipline_stats") == []
@@ -384,6 +386,7 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
         # Down while the run works: its next batch commits in the app database, and the
         # run's events have nowhere to go; then up again on the same folder.
         storage_postgres.server.cleanup()
+        down_status, down_report = doctor(deployment)
         open_gate(engine)
         wait_until(
             deployment,
@@ -400,14 +403,12 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
             lambda: answers(deployment, first_id),
             START_DEADLINE_S,
         )
-        first = wait_for_status(
-            deployment, first_id, ("SUCCESS", "FAILURE", "CANCELED"), RECOVERY_DEADLINE_S
-        )
+        first = wait_for_status(deployment, first_id, ENDED, RECOVERY_DEADLINE_S)
         next_id = launch(deployment, EXPIRATION_JOB, batch_size=BATCH)
         finished = wait_for_status(
             deployment,
             next_id,
-            ("SUCCESS", "FAILURE", "CANCELED"),
+            ENDED,
             RECOVERY_DEADLINE_S - (time.monotonic() - restarted_at),
         )
 
@@ -415,14 +416,7 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
             failure_reason(finished),
             deployment.process_logs(),
         )
-        assert each_user_changed_once(engine)["ledger rows"] == EXPIRED_USERS
-        assert each_user_changed_once(engine) == {
-            "downgraded": EXPIRED_USERS,
-            "ledger rows": EXPIRED_USERS,
-            "users in the ledger": EXPIRED_USERS,
-            "emails": EXPIRED_USERS,
-            "users emailed": EXPIRED_USERS,
-        }
+        assert each_user_changed_once(engine) == EACH_USER_ONCE
         assert slots_claimed(deployment, WRITES_USERS) == []
         assert writer_locks_held(engine) == 0
         # The run either rode the outage out, or its worker died of it and it failed.
@@ -431,6 +425,8 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
         else:
             assert first["status"] == "SUCCESS", first["status"]
             assert failure_alerts(webhook_server, first_id) == []
+        assert down_status == 1 and "Dagster's storage: the instance in" in down_report, down_report
+        assert "Traceback" not in down_report, down_report
         assert wait_for_doctor_clean(deployment)
     restarted.server.cleanup()
 
@@ -509,9 +505,7 @@ def test_a_run_queued_behind_a_held_slot_alerts_once_naming_the_pool_and_its_hol
         ALERT_DEADLINE_S,
     )
     open_gate(engine)
-    done = wait_for_status(
-        deployment, waiting_id, ("SUCCESS", "FAILURE", "CANCELED"), RECOVERY_DEADLINE_S
-    )
+    done = wait_for_status(deployment, waiting_id, ENDED, RECOVERY_DEADLINE_S)
 
     assert alert["run_id"] == waiting_id, alert
     assert "pool writes_user_discipline_stats" in alert["text"], alert["text"]

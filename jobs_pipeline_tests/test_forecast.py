@@ -16,7 +16,7 @@ from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.app_tables import users
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.embedded import EmbeddedPostgres
-from jobs_pipeline.jobs.forecast import tonight_forecast_job
+from jobs_pipeline.jobs.forecast import tonight_forecast_job, verdict_tag
 from jobs_pipeline.jobs.global_override_check import global_override_check_schedule
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
 from jobs_pipeline.jobs.scheduling import next_tick
@@ -35,6 +35,7 @@ NIGHTS = [285 + (7 * night) % 31 for night in range(30)]
 # rows, 20% of paying users), so only the learned bound can see they are not normal.
 STAYING = 20_000
 SCHEDULED = {"dagster/schedule_name": tier_expiration_schedule.name}
+FORECAST_JOBS = ("tier_expiration", "global_override_check", "promo_cleanup", "trial_reminder")
 
 
 def add_paying_users(engine: Engine, count: int, expires_at: datetime | None) -> None:
@@ -159,6 +160,14 @@ def test_an_abnormal_night_alerts_once_with_the_numbers_and_the_command(
     assert result["tier_expiration.processed.median"] == statistics.median(NIGHTS)
     bound = result["tier_expiration.processed.bound"]
     assert 3 * 300 < bound < 3 * 320
+    # One tag per job, so abnormal forecasts are counted per job (the metrics).
+    tags = history.get_run_by_id(first.run_id).tags
+    assert {job: tags[verdict_tag(job)] for job in FORECAST_JOBS} == {
+        "tier_expiration": "true",
+        "global_override_check": "false",
+        "promo_cleanup": "false",
+        "trial_reminder": "false",
+    }
     (mail,) = smtp_server.mailbox.to("ops@example.com")
     assert mail["Subject"] == (
         f"[jobs-pipeline] tier-expiration forecast abnormal (run {first.run_id})"
@@ -237,6 +246,9 @@ def test_a_channel_that_was_down_gets_the_forecast_alert_from_the_next_run(
         first = forecast_run(db, instance, channels, succeeds=False)
         assert "could not be delivered (global-override-check: webhook)" in failure_message(first)
         assert len(smtp_server.mailbox.received) == 1 and webhook_server.posts == []
+        # The failed run still says what it saw: tagged before the alerts were sent.
+        failed = instance.get_run_by_id(first.run_id)
+        assert failed is not None and failed.tags[verdict_tag("global_override_check")] == "true"
 
         webhook_server.down = False
         second = forecast_run(db, instance, channels)

@@ -4,6 +4,7 @@ import subprocess
 from datetime import timedelta
 
 from jobs_pipeline.app_tables import promo_redemptions, users
+from jobs_pipeline.jobs.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.project_tables import change_ledger, email_outbox
@@ -46,6 +47,8 @@ def test_a_run_that_would_downgrade_90_percent_stops_and_writes_nothing(engine, 
     )
     assert table_rows(engine, users) == before
     assert table_rows(engine, change_ledger) == [] and table_rows(engine, email_outbox) == []
+    # Tagged, so the refusals can be counted (the metric jobs_pipeline_guard_refusals_total).
+    assert instance.get_run_by_id(execution.run_id).tags[GUARD_REFUSED_TAG] == "true"
 
 
 def test_after_looking_an_operator_can_allow_it(engine, db, instance):
@@ -54,6 +57,7 @@ def test_after_looking_an_operator_can_allow_it(engine, db, instance):
     execution = run_job(tier_expiration_job, db, instance, allow_large=True)
 
     assert execution.success and job_result(execution)["processed"] == 180
+    assert GUARD_REFUSED_TAG not in instance.get_run_by_id(execution.run_id).tags
 
 
 def test_the_absolute_cap_applies_too(engine, db, instance):
@@ -92,6 +96,7 @@ def test_promo_cleanup_refuses_to_delete_most_redemptions(engine, db, instance):
     )
     assert "jobs-pipeline run promo-cleanup --allow-large" in failure_message(refused)
     assert table_rows(engine, promo_redemptions) == before
+    assert instance.get_run_by_id(refused.run_id).tags[GUARD_REFUSED_TAG] == "true"
 
     allowed = run_job(promo_cleanup_job, db, instance, allow_large=True)
     assert job_result(allowed)["redemptionsDeleted"] == 1_200

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, insert, literal, select
 
 from jobs_pipeline.app_tables import Timestamptz, promo_redemptions, users
 from jobs_pipeline.database import AppDatabase, create_app_engine
-from jobs_pipeline.jobs.guard import number
+from jobs_pipeline.jobs.guard import GUARD_REFUSED_TAG, number
 from jobs_pipeline.jobs.normal import learned_bound, learned_normal
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import has_expired_paid_tier, tier_expiration_job
@@ -168,6 +168,7 @@ def test_a_run_of_3000_when_300_is_normal_stops_and_writes_nothing(engine, db, h
     )
     assert expired_count(engine) == 3_000
     assert table_rows(engine, change_ledger) == [] and table_rows(engine, email_outbox) == []
+    assert history.get_run_by_id(execution.run_id).tags[GUARD_REFUSED_TAG] == "true"
 
     dry = run_job(tier_expiration_job, db, history, dry_run=True)
     assert dry.success and job_result(dry)["wouldProcess"] == 3_000
@@ -178,6 +179,8 @@ def test_a_run_of_3000_when_300_is_normal_stops_and_writes_nothing(engine, db, h
 
     allowed = run_job(tier_expiration_job, db, history, allow_large=True)
     assert allowed.success and job_result(allowed)["processed"] == 3_000
+    for passed in (dry, allowed):
+        assert GUARD_REFUSED_TAG not in history.get_run_by_id(passed.run_id).tags
 
 
 def test_a_run_of_330_when_300_is_normal_goes_ahead(engine, db, history):

@@ -7,6 +7,7 @@ to do about it. The deployment is healthy when no line fails.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,12 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine
 
+from jobs_pipeline.alerting import redact
 from jobs_pipeline.app_database_setup import missing_app_tables
+from jobs_pipeline.database import create_app_engine
+from jobs_pipeline.deployment.outbox import outbox_backlog
 from jobs_pipeline.deployment.run_workers import (
     DEFAULT_WORKER_GONE_AFTER_SECONDS,
     GRPC_INFO_TAG,
@@ -28,13 +32,13 @@ from jobs_pipeline.deployment.status import (
     daemon_heartbeat_ages,
     job_history,
     job_pools,
+    job_schedules,
     read_pools,
     utc,
     waiting_runs,
 )
 from jobs_pipeline.jobs.reporting import seed_name
 from jobs_pipeline.jobs.scheduling import success_overdue_after, waiting_alert_after
-from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline.schema_migrations import current_revision, head_revision
 
 # A daemon misses a few of its 30-second heartbeats: it is down (or its thread is stuck).
@@ -105,13 +109,14 @@ def check_daemons(deployment: Deployment) -> Iterable[Finding]:
         oldest = max(ages.values(), default=0.0)
         yield ok(f"daemon: {len(ages)} heartbeats, the oldest {age(oldest)} old")
         return
-    for daemon, seconds in sorted(stale.items()):
-        last = "never seen" if math.isinf(seconds) else f"{age(seconds)} old"
-        yield fail(
-            f"daemon: {daemon}'s last heartbeat is {last}: no schedules, sensors, alerts or"
-            " queued runs while it is down; start `dagster-daemon run` (or see its log for why"
-            " it stopped)"
-        )
+    silent = ", ".join(
+        f"{daemon} ({'never seen' if math.isinf(seconds) else f'{age(seconds)} ago'})"
+        for daemon, seconds in sorted(stale.items())
+    )
+    yield fail(
+        f"daemon: no recent heartbeat from {silent}: no schedules, sensors, alerts or queued"
+        " runs while it is down; start `dagster-daemon run` (or see its log for why it stopped)"
+    )
 
 
 def check_code_location(deployment: Deployment) -> Iterable[Finding]:
@@ -285,13 +290,8 @@ def check_held_slots(deployment: Deployment) -> Iterable[Finding]:
 
 
 def check_last_successes(deployment: Deployment) -> Iterable[Finding]:
-    schedules = {
-        schedule.job_name: schedule
-        for schedule in deployment.defs.schedules or []
-        if isinstance(schedule, dg.ScheduleDefinition)
-    }
     fine = []
-    for job_name, schedule in sorted(schedules.items()):
+    for job_name, schedule in sorted(job_schedules(deployment.defs).items()):
         history = job_history(deployment.instance, job_name)
         if history.last_success is None or history.last_success.end_time is None:
             fine.append(f"{seed_name(job_name)} never yet")
@@ -313,22 +313,15 @@ def check_last_successes(deployment: Deployment) -> Iterable[Finding]:
 
 def check_outbox(deployment: Deployment) -> Iterable[Finding]:
     with deployment.app_engine.connect() as connection:
-        pending, oldest_due = connection.execute(
-            select(func.count(), func.min(email_outbox.c.next_attempt_at)).where(
-                and_(
-                    email_outbox.c.status == "pending", email_outbox.c.next_attempt_at <= func.now()
-                )
-            )
-        ).one()
-        now = connection.execute(select(func.now())).scalar_one()
-    late = (now - oldest_due).total_seconds() if oldest_due is not None else 0.0
+        backlog = outbox_backlog(connection)
+    late = backlog.oldest_due_seconds
     if late > OUTBOX_BACKLOG_SECONDS:
         yield fail(
-            f"email outbox: {pending} emails due, the oldest for {age(late)}: is email-delivery"
-            " running (its schedule, its last runs, SMTP_HOST)?"
+            f"email outbox: {backlog.due} emails due, the oldest for {age(late)}: is"
+            " email-delivery running (its schedule, its last runs, SMTP_HOST)?"
         )
     else:
-        yield ok(f"email outbox: {pending} due now, the oldest for {age(late)}")
+        yield ok(f"email outbox: {backlog.due} due now, the oldest for {age(late)}")
 
 
 CHECKS: Sequence[Check] = (
@@ -342,6 +335,38 @@ CHECKS: Sequence[Check] = (
     check_last_successes,
     check_outbox,
 )
+
+
+def check_deployment(
+    app_url: str, home: Path, defs: dg.Definitions, write: Callable[[str], Any]
+) -> bool:
+    """Opens what doctor looks at and reports on it; whether the deployment is healthy.
+    An instance whose storage cannot be reached is one finding, not a traceback.
+    """
+    workspace = home / "workspace.yaml"
+    engine = create_app_engine(app_url)
+    try:
+        try:
+            instance = dg.DagsterInstance.get()
+        except Exception as error:
+            write(
+                fail(
+                    f"Dagster's storage: the instance in {home} does not open:"
+                    f" {redact(first_line(error))}: is DAGSTER_POSTGRES_URL's database up?"
+                ).line()
+            )
+            return False
+        with instance:
+            deployment = Deployment(
+                instance=instance,
+                app_engine=engine,
+                defs=defs,
+                workspace=workspace if workspace.exists() else None,
+                now=time.time(),
+            )
+            return report(deployment, write)
+    finally:
+        engine.dispose()
 
 
 def report(deployment: Deployment, write: Callable[[str], Any]) -> bool:

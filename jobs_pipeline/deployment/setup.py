@@ -61,6 +61,11 @@ def write_instance_files(home: Path, code_server: str, write: Callable[[str], An
     home.mkdir(parents=True, exist_ok=True)
     project_yaml = PROJECT_ROOT / "dagster.yaml"
     instance_yaml = home / "dagster.yaml"
+    if not project_yaml.exists():
+        raise SetupRefused(
+            f"the project's dagster.yaml is not at {project_yaml}: run setup from the"
+            " project's checkout"
+        )
     if not instance_yaml.exists():
         shutil.copyfile(project_yaml, instance_yaml)
         write(f"{instance_yaml}: the project's dagster.yaml")

@@ -10,10 +10,12 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
 from jobs_pipeline.jobs.writers import DRY_RUN_TAG
+from jobs_pipeline.launch import result_of
 
 # Dagster's daemons write a heartbeat every 30 s; one older than this is a daemon that
 # is not running (the rule an operator's Prometheus loads says the same).
@@ -212,6 +214,15 @@ def age(seconds: float) -> str:
 # -- each job's history -----------------------------------------------------------------------
 
 
+def job_schedules(defs: dg.Definitions) -> dict[str, dg.ScheduleDefinition]:
+    """Dagster job name -> its schedule, for the jobs that have one."""
+    return {
+        schedule.job_name: schedule
+        for schedule in defs.schedules or []
+        if isinstance(schedule, dg.ScheduleDefinition)
+    }
+
+
 @dataclass(frozen=True)
 class JobHistory:
     """A job's last real run and last real success (dry runs change nothing: not counted)."""
@@ -241,6 +252,22 @@ def job_history(instance: dg.DagsterInstance, job_name: str) -> JobHistory:
         )
         last_success = successes[0] if successes else None
     return JobHistory(job_name, recent[0] if recent else None, last_success)
+
+
+# Where a run's result is recorded: an op's output, or the rollup's observation of its totals.
+RESULT_EVENTS = {dg.DagsterEventType.STEP_OUTPUT, dg.DagsterEventType.ASSET_OBSERVATION}
+
+
+def recorded_result(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any] | None:
+    """The run's result, read from its few result events, not its whole event log (a
+    run downgrading thousands of users logs a line for each).
+    """
+    records = instance.get_records_for_run(run_id, of_type=RESULT_EVENTS).records
+    return result_of(
+        record.event_log_entry.dagster_event
+        for record in records
+        if record.event_log_entry.dagster_event is not None
+    )
 
 
 def run_seconds(record: dg.RunRecord) -> float | None:

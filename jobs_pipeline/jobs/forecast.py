@@ -283,6 +283,18 @@ def forecast_result(forecasts: Sequence[Forecast], now: datetime) -> JobResult:
     return result
 
 
+def verdict_tag(job: str) -> str:
+    """`jobs_pipeline/forecast_abnormal_tier_expiration`, "true" or "false" on each forecast
+    run: abnormal forecasts are then counted per job with one tag filter (the metrics'
+    `jobs_pipeline_forecast_abnormal_total`), and the latest verdict read off one run.
+    """
+    return f"jobs_pipeline/forecast_abnormal_{job}"
+
+
+def verdict_tags(forecasts: Sequence[Forecast]) -> dict[str, str]:
+    return {verdict_tag(f.job): "true" if f.abnormal else "false" for f in forecasts}
+
+
 # -- alerts, once per job and tick ---------------------------------------------------------
 
 
@@ -368,6 +380,8 @@ def forecast_tonight(
         forecasts = [forecast(context.instance, db, s, rule, now) for s, rule in RULES]
     for f in forecasts:
         report.info(f.line())
+    # Before the alerts: a run whose alerts could not all be delivered still says what it saw.
+    context.instance.add_run_tags(context.run_id, verdict_tags(forecasts))
     failed = alert_abnormal(context, alerts, forecasts, now)
     result = forecast_result(forecasts, now)
     if failed:

@@ -27,6 +27,10 @@ from jobs_pipeline.jobs.normal import (
 )
 from jobs_pipeline.jobs.reporting import DryRunConfig, JobReport
 
+# A run the guard stopped carries this tag, so the refusals of a job can be counted from the
+# run storage in one query (the Prometheus metric `jobs_pipeline_guard_refusals_total`).
+GUARD_REFUSED_TAG = "jobs_pipeline/guard_refused"
+
 
 class GuardConfig(dg.Config):
     allow_large: bool = Field(
@@ -277,6 +281,7 @@ def guard_change(
             report.warning(f"A real run would stop here: {description}")
         return
     if refusals:
+        context.instance.add_run_tags(context.run_id, {GUARD_REFUSED_TAG: "true"})
         raise refused(
             refusals[0],
             about_to_change=change.about_to_change,
