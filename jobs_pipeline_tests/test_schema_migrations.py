@@ -39,8 +39,16 @@ def test_the_migrations_build_exactly_the_declared_tables(engine):
 
 
 def test_db_upgrade_creates_the_schema_once_and_leaves_the_app_tables_alone(postgres, tmp_path):
+    """On the app's database (its tables there, the project's schema not yet); a database
+    without the app's tables is refused (`test_setup.py`).
+    """
+    from jobs_pipeline.app_database_setup import create_app_schema
+
     postgres.ensure_database("upgrade_target")
     url = postgres.url("upgrade_target")
+    engine = create_app_engine(url)
+    create_app_schema(engine)
+    app_tables_before = set(inspect(engine).get_table_names(schema="public"))
     env = cli_environment(tmp_path / "state", DATABASE_URL=url)
 
     first = subprocess.run(
@@ -53,10 +61,10 @@ def test_db_upgrade_creates_the_schema_once_and_leaves_the_app_tables_alone(post
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     assert first.stdout.strip() == f"jobs_pipeline schema at revision {head_revision()}"
-    engine = create_app_engine(url)
     try:
         inspector = inspect(engine)
-        assert inspector.get_table_names(schema="public") == []
+        assert set(inspector.get_table_names(schema="public")) == app_tables_before
+        assert app_tables_before >= set(app_metadata.tables)
         assert set(inspector.get_table_names(schema=PROJECT_SCHEMA)) == {
             "alembic_version",
             *(table.name for table in project_metadata.sorted_tables),
