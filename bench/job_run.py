@@ -15,7 +15,7 @@ import dagster as dg
 
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.launch import result_of
+from jobs_pipeline.jobs.reporting import result_of
 
 
 def print_measured_run(

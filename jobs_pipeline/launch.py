@@ -26,7 +26,9 @@ import dagster as dg
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from jobs_pipeline.deployment.status import job_pools
 from jobs_pipeline.embedded import state_dir
+from jobs_pipeline.jobs.reporting import result_of
 from jobs_pipeline.jobs.writers import DRY_RUN_TAG
 
 DEFINITIONS_MODULE = "jobs_pipeline.definitions"
@@ -147,21 +149,6 @@ def config_fields(definition: Any) -> dict[str, Any]:
 
 
 # -- reading a run's outcome ----------------------------------------------------------------
-
-
-def result_of(events: Iterable[dg.DagsterEvent]) -> dict[str, Any] | None:
-    """From an op's output, an asset's materialization, or a dry run's observation."""
-    for event in events:
-        metadata: Any = {}
-        if event.is_successful_output:
-            metadata = event.step_output_data.metadata
-        elif event.is_step_materialization:
-            metadata = event.step_materialization_data.materialization.metadata
-        elif event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
-            metadata = event.asset_observation_data.asset_observation.metadata
-        if "result" in metadata:
-            return dict(metadata["result"].value)
-    return None
 
 
 def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
@@ -346,7 +333,6 @@ def open_instance() -> Iterator[dg.DagsterInstance]:
 def project_pools() -> list[str]:
     """Every concurrency pool the project's ops name."""
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.deployment.status import job_pools
 
     return job_pools(defs.resolve_all_job_defs())
 

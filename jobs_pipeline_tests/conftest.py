@@ -27,6 +27,7 @@ pytest_plugins = [
     "jobs_pipeline_tests.outages",
     "jobs_pipeline_tests.leftovers",
     "jobs_pipeline_tests.deployed_runs",
+    "jobs_pipeline_tests.daemon_down",
 ]
 
 TEMPLATE = "app_template"

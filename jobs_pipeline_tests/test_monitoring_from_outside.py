@@ -10,12 +10,11 @@
 - The same metrics from `jobs-pipeline metrics` and the admin API's `/metrics`, over HTTP,
   without a token; SIGTERM stops the metrics server, exit status 0.
 - Live: the deployed topology, the metrics server beside it and a real Prometheus loading
-  the shipped rules; the daemon killed, JobsPipelineDaemonDown fires (after its 5 minutes).
+  the shipped rules; the daemon killed, JobsPipelineDaemonDown fires (after its 5 minutes,
+  waited beside the rest of the suite: `jobs_pipeline_tests/daemon_down.py`).
 """
 
-import json
 import math
-import re
 import shutil
 import signal
 import subprocess
@@ -26,9 +25,8 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -52,8 +50,7 @@ from jobs_pipeline.mail import Mailer
 from jobs_pipeline.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
-from jobs_pipeline_tests.deployed_runs import wait_for
-from jobs_pipeline_tests.deployment import REPOSITORY, Deployment, running_deployment
+from jobs_pipeline_tests.deployment import REPOSITORY, Deployment
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, free_port, wait_for_url
 from jobs_pipeline_tests.running import failure_message, job_result, run_job
 
@@ -443,126 +440,27 @@ def test_the_metrics_server_and_the_admin_api_serve_them_without_a_token(observe
 # -- live: a real Prometheus, the daemon killed ----------------------------------------------------
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)
-
-
-@dataclass
-class Prometheus:
-    base: str
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        answer = get_json(f"{self.base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
-        assert answer["status"] == "success", answer
-        return answer["data"]["result"]
-
-    def targets_up(self) -> bool:
-        targets = get_json(f"{self.base}/api/v1/targets")["data"]["activeTargets"]
-        return bool(targets) and all(target["health"] == "up" for target in targets)
-
-    def rule(self, name: str) -> dict[str, Any]:
-        groups = get_json(f"{self.base}/api/v1/rules")["data"]["groups"]
-        (found,) = [r for g in groups for r in g["rules"] if r.get("name") == name]
-        return found
-
-    def alerts(self, name: str, state: str) -> list[dict[str, Any]]:
-        alerts = get_json(f"{self.base}/api/v1/alerts")["data"]["alerts"]
-        return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == state]
-
-
-def epoch(rfc3339: str) -> float:
-    """Prometheus' timestamps carry nanoseconds; Python reads microseconds."""
-    trimmed = re.sub(r"(\.\d{6})\d+", r"\1", rfc3339).replace("Z", "+00:00")
-    return datetime.fromisoformat(trimmed).timestamp()
-
-
-def start_prometheus(deployment: Deployment, folder: Path, metrics_port: int) -> Prometheus:
-    """/usr/bin/prometheus on a free port, scraping the metrics server every few seconds
-    and evaluating the shipped rules file, as it is, every second.
+def test_prometheus_fires_daemon_down_once_the_daemon_is_killed(daemon_down):
+    """The scenario ran beside the suite (`jobs_pipeline_tests/daemon_down.py`): the
+    deployed topology, `jobs-pipeline metrics`, and /usr/bin/prometheus evaluating the
+    shipped rules file as it is. While the daemon ran, the rule evaluated and did not fire;
+    once it was killed, it fired, for each daemon type seen, saying what to do.
     """
-    port = free_port()
-    config = folder / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "global": {
-                    "scrape_interval": SCRAPE_INTERVAL,
-                    "scrape_timeout": SCRAPE_INTERVAL,
-                    "evaluation_interval": "1s",
-                },
-                "rule_files": [str(RULES)],
-                "scrape_configs": [
-                    {
-                        "job_name": "jobs-pipeline",
-                        "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
-    argv = [
-        str(PROMETHEUS),
-        f"--config.file={config}",
-        f"--storage.tsdb.path={folder / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    process = deployment.start("prometheus", argv, deployment.dagster_environment)
-    base = f"http://127.0.0.1:{port}"
-    wait_for_url(f"{base}/-/ready", process.popen, process.log, SERVER_DEADLINE_S)
-    return Prometheus(base)
-
-
-def test_prometheus_fires_daemon_down_once_the_daemon_is_killed(
-    tmp_path, app_db_url, dagster_db_url
-):
-    with running_deployment(tmp_path, app_db_url, dagster_db_url) as deployment:
-        metrics_port = free_port()
-        metrics = deployment.start(
-            "metrics", [str(JOBS_PIPELINE), "metrics", "--port", str(metrics_port)]
-        )
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        wait_for_url(metrics_url, metrics.popen, metrics.log, SERVER_DEADLINE_S)
-        prometheus = start_prometheus(deployment, tmp_path, metrics_port)
-
-        wait_for(
-            deployment, "Prometheus scraped the metrics", prometheus.targets_up, SCRAPED_DEADLINE_S
-        )
-        heartbeats = wait_for(
-            deployment,
-            "the daemon's heartbeats in Prometheus",
-            lambda: prometheus.query("jobs_pipeline_daemon_heartbeat_age_seconds"),
-            SCRAPED_DEADLINE_S,
-        )
-        seen = time.time()
-        assert all(float(series["value"][1]) < 300 for series in heartbeats), heartbeats
-        daemons = {series["metric"]["daemon"] for series in heartbeats}
-        # The rule evaluated on what was scraped: the daemon is up, nothing fires.
-        wait_for(
-            deployment,
-            "JobsPipelineDaemonDown evaluated",
-            lambda: epoch(prometheus.rule("JobsPipelineDaemonDown")["lastEvaluation"]) > seen,
-            SCRAPED_DEADLINE_S,
-        )
-        rule = prometheus.rule("JobsPipelineDaemonDown")
-        assert (rule["health"], rule["state"]) == ("ok", "inactive"), rule
-        assert prometheus.alerts("JobsPipelineDaemonDown", "firing") == []
-
-        deployment.kill("daemon")
-
-        firing = wait_for(
-            deployment,
-            "JobsPipelineDaemonDown firing",
-            lambda: prometheus.alerts("JobsPipelineDaemonDown", "firing"),
-            DAEMON_DOWN_DEADLINE_S,
-        )
-        assert {alert["labels"]["daemon"] for alert in firing} <= daemons
-        for alert in firing:
-            assert alert["labels"]["severity"] == "critical"
-            assert alert["labels"]["job"] == "jobs-pipeline"
-            assert "Start `dagster-daemon run`" in alert["annotations"]["description"]
-        up = prometheus.query('jobs_pipeline_source_up{source="dagster_storage"}')
-        assert [series["value"][1] for series in up] == ["1"]
+    assert "error" not in daemon_down, daemon_down.get("error")
+    heartbeats = daemon_down["heartbeats before"]
+    assert heartbeats and all(float(series["value"][1]) < 300 for series in heartbeats), heartbeats
+    assert daemon_down["rule before"] == {"health": "ok", "state": "inactive"}
+    assert daemon_down["firing before"] == []
+    firing = daemon_down["firing after"]
+    daemons = {series["metric"]["daemon"] for series in heartbeats}
+    assert firing and {alert["labels"]["daemon"] for alert in firing} <= daemons, firing
+    for alert in firing:
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["labels"]["job"] == "jobs-pipeline"
+        assert "Start `dagster-daemon run`" in alert["annotations"]["description"]
+    # Not before the rule's 5 minutes: the heartbeat was up to 30 s old at the kill.
+    assert daemon_down["fired after seconds"] > 300 - 35, daemon_down["fired after seconds"]
+    assert [series["value"][1] for series in daemon_down["storage up"]] == ["1"]
 
 
 def test_no_secret_is_in_the_scrape(observed):

@@ -14,8 +14,8 @@ from typing import Any
 
 import dagster as dg
 
+from jobs_pipeline.jobs.reporting import result_of
 from jobs_pipeline.jobs.writers import DRY_RUN_TAG
-from jobs_pipeline.launch import result_of
 
 # Dagster's daemons write a heartbeat every 30 s; one older than this is a daemon that
 # is not running (the rule an operator's Prometheus loads says the same).

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from jobs_pipeline.jobs.reporting import result_of
 from jobs_pipeline.jobs.writers import DRY_RUN_TAG
-from jobs_pipeline.launch import result_of
 
 SCHEDULE_TAG = "dagster/schedule_name"
 DEFAULT_K = 3.0

@@ -8,7 +8,7 @@ op's output and its output metadata, so the Dagster UI shows every run's counts.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,3 +102,18 @@ def result_metadata(result: JobResult) -> dict[str, Any]:
         elif isinstance(value, str):
             metadata[key] = dg.MetadataValue.text(value)
     return metadata
+
+
+def result_of(events: Iterable[dg.DagsterEvent]) -> dict[str, Any] | None:
+    """From an op's output, an asset's materialization, or a dry run's observation."""
+    for event in events:
+        metadata: Any = {}
+        if event.is_successful_output:
+            metadata = event.step_output_data.metadata
+        elif event.is_step_materialization:
+            metadata = event.step_materialization_data.materialization.metadata
+        elif event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+            metadata = event.asset_observation_data.asset_observation.metadata
+        if "result" in metadata:
+            return dict(metadata["result"].value)
+    return None
