@@ -27,7 +27,12 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from jobs_pipeline.embedded import PROJECT_ROOT, EmbeddedServerError, fill_environment
+from jobs_pipeline.embedded import (
+    INSTANCE_CONFIG,
+    PROJECT_ROOT,
+    EmbeddedServerError,
+    fill_environment,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -763,7 +768,7 @@ def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
 
 
 def prepare_dagster_home() -> Path:
-    """`$DAGSTER_HOME`, or a project-local one holding the project's dagster.yaml."""
+    """`$DAGSTER_HOME`, or a project-local one holding the project's deploy/dagster.yaml."""
     from jobs_pipeline.launch import dev_home
 
     configured = os.environ.get("DAGSTER_HOME")
@@ -771,7 +776,7 @@ def prepare_dagster_home() -> Path:
         return Path(configured)
     home = dev_home()
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -794,10 +799,7 @@ def command_dev(host: str, port: int) -> int:
     record_served_database(home, app_url)
     with open_instance():
         pass  # creates the storage's tables and the pools' limits before the daemon runs
-    workspace = PROJECT_ROOT / "workspace.yaml"
-    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "jobs_pipeline.definitions"]
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", *target, "-h", host, "-p", str(port)]
+    command = dagster_dev_command(host, port)
     print(
         f"jobs-pipeline: Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})\n"
         f"jobs-pipeline: app database {printable_url(app_url)}\n"
@@ -806,7 +808,23 @@ def command_dev(host: str, port: int) -> int:
         " embedded database stop with it",
         file=sys.stderr,
     )
-    return supervise(command, cwd=PROJECT_ROOT if workspace.exists() else Path.cwd())
+    return supervise(command, cwd=PROJECT_ROOT if in_checkout() else Path.cwd())
+
+
+def in_checkout() -> bool:
+    """The project's checkout, where `dg` finds the project (pyproject.toml's [tool.dg])."""
+    return (PROJECT_ROOT / "pyproject.toml").exists()
+
+
+def dagster_dev_command(host: str, port: int) -> list[str]:
+    """`dg dev` in the checkout, as Dagster now has it (`dagster dev` warns that it is
+    superseded); elsewhere, `dagster dev` on the definitions module.
+    """
+    bin_dir = Path(sys.executable).parent
+    if in_checkout():
+        return [str(bin_dir / "dg"), "dev", "-h", host, "-p", str(port)]
+    target = ["-m", "jobs_pipeline.definitions"]
+    return [str(bin_dir / "dagster"), "dev", *target, "-h", host, "-p", str(port)]
 
 
 def printable_url(url: str) -> str:

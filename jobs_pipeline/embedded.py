@@ -22,6 +22,9 @@ import psycopg
 from psycopg import sql
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The Dagster instance's configuration a deployment (and `dev`) copies into DAGSTER_HOME:
+# kept out of the root, where `dagster dev` would read it without DAGSTER_HOME.
+INSTANCE_CONFIG = PROJECT_ROOT / "deploy" / "dagster.yaml"
 STATE_DIR_VARIABLE = "JOBS_PIPELINE_STATE_DIR"
 APP_DATABASE = "app"
 DAGSTER_DATABASE = "dagster"

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 
 from jobs_pipeline.app_tables import global_config, users
 from jobs_pipeline.database import writer_lock_key
+from jobs_pipeline.embedded import INSTANCE_CONFIG
 from jobs_pipeline.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
@@ -192,7 +193,7 @@ def test_runs_go_into_the_instance_history_and_list_shows_them(
     postgres.ensure_database(dagster_db)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     storage_url = postgres.url(dagster_db, "postgresql+psycopg2")
     env = {**env, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": storage_url}
 

@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.embedded import INSTANCE_CONFIG
 from jobs_pipeline.jobs.scheduling import TOOL_TAG, is_maintenance_job
 from jobs_pipeline_tests.running import job_result
 
@@ -111,7 +112,7 @@ def test_the_declared_tables_match_the_contract_schema(engine):
 def test_dagster_yaml_keeps_history_in_postgres_with_one_run_per_job(
     tmp_path, postgres, project_root, app_db_url, monkeypatch
 ):
-    config = yaml.safe_load((project_root / "dagster.yaml").read_text())
+    config = yaml.safe_load(INSTANCE_CONFIG.read_text())
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     (limit,) = config["concurrency"]["runs"]["tag_concurrency_limits"]
@@ -121,7 +122,7 @@ def test_dagster_yaml_keeps_history_in_postgres_with_one_run_per_job(
     monkeypatch.setenv(
         "DAGSTER_POSTGRES_URL", postgres.url("dagster_storage_test", "postgresql+psycopg2")
     )
-    shutil.copyfile(project_root / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         job = defs.resolve_job_def("global_override_check")
         execution = job.execute_in_process(

@@ -28,6 +28,8 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._scheduler.scheduler import launch_scheduled_runs
 from dagster._utils.error import SerializableErrorInfo
 
+from jobs_pipeline.embedded import INSTANCE_CONFIG
+
 UTC = dt.UTC
 logger = logging.getLogger(__name__)
 _database_numbers = itertools.count()
@@ -99,7 +101,7 @@ def scheduled_times(instance: dg.DagsterInstance) -> dict[str, list[str]]:
 
 def instance_config(project_root: Path, scheduler: str) -> str:
     """The repo's dagster.yaml, or the same without its scheduler block (Dagster's default)."""
-    text = (project_root / "dagster.yaml").read_text()
+    text = INSTANCE_CONFIG.read_text()
     if scheduler == "repo":
         return text
     config = yaml.safe_load(text)
@@ -108,7 +110,7 @@ def instance_config(project_root: Path, scheduler: str) -> str:
 
 
 def test_the_repo_dagster_yaml_limits_catch_up_to_one_run(project_root):
-    config = yaml.safe_load((project_root / "dagster.yaml").read_text())
+    config = yaml.safe_load(INSTANCE_CONFIG.read_text())
     assert config["scheduler"] == {
         "module": "dagster._core.scheduler",
         "class": "DagsterDaemonScheduler",

@@ -40,6 +40,7 @@ from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.deployment.metrics import metrics_registry
+from jobs_pipeline.embedded import INSTANCE_CONFIG
 from jobs_pipeline.jobs.forecast import tonight_forecast_job
 from jobs_pipeline.jobs.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
@@ -223,7 +224,7 @@ def observed(postgres, tmp_path_factory) -> Iterator[Observed]:
     dagster_url = postgres.url(dagster_name, "postgresql+psycopg2")
     home = tmp_path_factory.mktemp("metrics") / "dagster_home"
     home.mkdir()
-    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
     engine = create_app_engine(app_url)
     db = AppDatabase(url=app_url, retry_delay_seconds=0.1, max_retries=1)
     try:

@@ -28,7 +28,7 @@ from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.api_tokens import issue_token, token_digest
 from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.embedded import INSTANCE_CONFIG, EmbeddedPostgres
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
@@ -139,7 +139,7 @@ def setting(
 ) -> Setting:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     dagster_db = f"secrets_dagster_{uuid.uuid4().hex[:8]}"
     postgres.ensure_database(dagster_db)
     with engine.begin() as c:

@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 
 from jobs_pipeline.app_tables import app_metadata
 from jobs_pipeline.database import create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.embedded import INSTANCE_CONFIG, EmbeddedPostgres
 from jobs_pipeline.launch import project_pools
 from jobs_pipeline.schema_migrations import current_revision, head_revision
 from jobs_pipeline_tests.processes import cli_environment, run_cli
@@ -108,8 +108,7 @@ def test_setup_prepares_a_trial_deployment_in_one_pass_and_again_changes_nothing
             {"grpc_server": {"host": "127.0.0.1", "port": 4000, "location_name": "jobs_pipeline"}}
         ]
     }
-    repository_yaml = Path(__file__).resolve().parents[1] / "dagster.yaml"
-    assert (home / "dagster.yaml").read_text() == repository_yaml.read_text()
+    assert (home / "dagster.yaml").read_text() == INSTANCE_CONFIG.read_text()
     for pool in project_pools():
         assert f"pool {pool}: limit 1\n" in first.stdout
         assert f"pool {pool}: limit 1 (kept)\n" in again.stdout

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select, text
 from jobs_pipeline.alerting import AlertChannels
 from jobs_pipeline.database import writer_lock_key
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.embedded import INSTANCE_CONFIG
 from jobs_pipeline.mail import Mailer
 from jobs_pipeline.monitoring import alert_redelivery_sensor
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
@@ -152,7 +153,7 @@ def test_a_cli_run_stopped_midway_is_canceled_rolled_back_and_leaves_nothing_run
     postgres.ensure_database(dagster_db)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     storage = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_POSTGRES_URL": postgres.url(dagster_db, "postgresql+psycopg2"),

@@ -26,7 +26,7 @@ from jobs_pipeline.app_database_setup import (
     setup_engine,
 )
 from jobs_pipeline.app_tables import app_metadata
-from jobs_pipeline.embedded import PROJECT_ROOT
+from jobs_pipeline.embedded import INSTANCE_CONFIG
 from jobs_pipeline.schema_migrations import upgrade
 
 LOCATION_NAME = "jobs_pipeline"
@@ -59,11 +59,11 @@ def set_up(
 
 def write_instance_files(home: Path, code_server: str, write: Callable[[str], Any]) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    project_yaml = PROJECT_ROOT / "dagster.yaml"
+    project_yaml = INSTANCE_CONFIG
     instance_yaml = home / "dagster.yaml"
     if not project_yaml.exists():
         raise SetupRefused(
-            f"the project's dagster.yaml is not at {project_yaml}: run setup from the"
+            f"the project's deploy/dagster.yaml is not at {project_yaml}: run setup from the"
             " project's checkout"
         )
     if not instance_yaml.exists():
