@@ -30,6 +30,8 @@ SENSORS = {
     "long_running_run_sensor",
     "failure_rate_sensor",
     "user_discipline_stats_freshness_sensor",
+    "waiting_run_sensor",
+    "heartbeat_sensor",
 }
 
 CLI_RUNS = """
@@ -120,6 +122,9 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
 
         below = stop(dev)
 
+        # Dagster says nothing is amiss: no superseded command, no ignored dagster.yaml.
+        output = dev.log.read_text(errors="replace")
+        assert "Warning" not in output and "will not be used" not in output, output[-3000:]
         assert not answers_200(dev.url("/server_info"))
         assert left_running(below) == [], "processes outlived dev"
         # The embedded PostgreSQL stopped with it.
