@@ -10,6 +10,7 @@ and held mid-write at a gate (`jobs_pipeline_tests.deployed_runs`).
 
 import itertools
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.deployed_runs import (
+    ENDED,
     LAUNCH_MULTIPLE_RUNS,
     LAUNCH_PARTITION_BACKFILL,
     POOL,
@@ -46,7 +48,7 @@ from jobs_pipeline_tests.deployed_runs import (
     wait_for,
     wait_for_end,
 )
-from jobs_pipeline_tests.deployment import Deployment
+from jobs_pipeline_tests.deployment import DAGSTER, Deployment
 from jobs_pipeline_tests.journal_data import make_journals
 
 # The daemon's backfill loop creates a backfill's run some seconds to half a minute later.
@@ -250,3 +252,84 @@ def test_a_daemon_killed_mid_run_and_restarted_leaves_no_run_stuck(
         lambda: nothing_in_progress(deployment),
         SETTLE_DEADLINE_S,
     )
+
+
+# -- d. Dagster's own commands against the deployment ----------------------------------------
+
+
+def dagster_command(deployment: Deployment, *args: str, app: bool = False) -> str:
+    """`dagster ...` as an operator types it on a deployment's host, with its environment
+    (the app database's URL only where the command itself executes a run).
+    """
+    environment = deployment.code_environment if app else deployment.dagster_environment
+    done = subprocess.run(
+        [str(DAGSTER), *args],
+        env=environment,
+        cwd=deployment.folder,
+        capture_output=True,
+        text=True,
+        timeout=RUN_DEADLINE_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"{done.args}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def test_dagster_job_launch_asset_materialize_and_job_backfill_work_on_the_deployment(
+    deployment: Deployment, engine: Engine
+):
+    """As Dagster documents them: `dagster job launch` and `dagster job backfill` submit to
+    the deployment's queue through its workspace file (the daemon launches the runs in the
+    code server); `dagster asset materialize` executes in its own process on the same
+    instance. Each run succeeds and shows in the deployment's history.
+    """
+    make_journals(engine, seed=31, user_count=30)
+    workspace = str(deployment.workspace)
+
+    dagster_command(deployment, "job", "launch", "-w", workspace, "-j", OVERRIDE_JOB)
+    dagster_command(
+        deployment,
+        "job",
+        "backfill",
+        "-w",
+        workspace,
+        "-j",
+        ROLLUP_JOB,
+        "--partitions",
+        ",".join(BACKFILL_SHARDS),
+        "--noprompt",
+    )
+    dagster_command(
+        deployment,
+        "asset",
+        "materialize",
+        "-m",
+        "jobs_pipeline.definitions",
+        "--select",
+        "user_discipline_stats",
+        "--partition",
+        "10",
+        app=True,
+    )
+
+    def every_run_ended() -> list[dict[str, Any]] | None:
+        runs = [
+            run
+            for run in runs_where(deployment)
+            if run["jobName"] in (OVERRIDE_JOB, ROLLUP_JOB, "__ASSET_JOB")
+            # Not the freshness sensor's own runs of the asset job.
+            and "dagster/sensor_name" not in {tag["key"] for tag in run["tags"]}
+        ]
+        return runs if runs and all(run["status"] in ENDED for run in runs) else None
+
+    runs = wait_for(deployment, "the commands' runs ended", every_run_ended, RUN_DEADLINE_S)
+
+    by_job: dict[str, list[str]] = {}
+    for run in runs:
+        by_job.setdefault(run["jobName"], []).append(run["status"])
+    assert by_job.get(OVERRIDE_JOB) == ["SUCCESS"], by_job
+    # The backfill's shards as runs of the rollup (one per partition: `dagster job backfill`
+    # launches one run per partition), and the materialization as one asset-job run.
+    assert set(by_job.get(ROLLUP_JOB, [])) == {"SUCCESS"}, by_job
+    assert len(by_job[ROLLUP_JOB]) == len(BACKFILL_SHARDS), by_job
+    assert by_job.get("__ASSET_JOB") == ["SUCCESS"], by_job
