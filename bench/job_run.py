@@ -13,9 +13,9 @@ from typing import Any
 
 import dagster as dg
 
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.jobs.reporting import result_of
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.reporting import result_of
 
 
 def print_measured_run(

@@ -43,10 +43,10 @@ from bench.measuring import (
     wal_position,
 )
 from bench.seed_baseline import seed_rollup
-from jobs_pipeline.app_database_setup import create_app_schema
-from jobs_pipeline.database import create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres, throwaway_embedded_postgres
 from jobs_pipeline.jobs.discipline_stats_rollup import RollupConfig
+from jobs_pipeline.resources.database import create_app_engine
+from jobs_pipeline.storage.app_database_setup import create_app_schema
+from jobs_pipeline.storage.embedded import EmbeddedPostgres, throwaway_embedded_postgres
 
 FLOOR_SQL = (Path(__file__).parent / "floor.sql").read_text()
 FLOOR = "(c) floor"

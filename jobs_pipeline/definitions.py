@@ -9,10 +9,7 @@ import os
 
 import dagster as dg
 
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.deployment.run_workers import run_worker_executor
-from jobs_pipeline.heartbeats import Heartbeats
+from jobs_pipeline.instance.run_workers import run_worker_executor
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     discipline_stats_rollup_job,
     discipline_stats_rollup_schedule,
@@ -30,8 +27,11 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_sc
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.monitoring import MONITORING_SENSORS
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.heartbeats import Heartbeats
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.sensors.monitoring import MONITORING_SENSORS
 
 
 def optional_env(name: str) -> dg.EnvVar | None:

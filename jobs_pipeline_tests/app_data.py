@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from jobs_pipeline.app_tables import global_config, promo_codes, promo_redemptions, users
+from jobs_pipeline.storage.app_tables import global_config, promo_codes, promo_redemptions, users
 
 _emails = iter(range(1, 10**9))
 

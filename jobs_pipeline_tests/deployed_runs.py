@@ -21,8 +21,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy import Engine, text
 
-from jobs_pipeline.embedded import EmbeddedPostgres
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY
+from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline_tests.deployment import (
     LOCATION_NAME,
     REPOSITORY_NAME,

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from jobs_pipeline.embedded import stop_server_on
+from jobs_pipeline.storage.embedded import stop_server_on
 from jobs_pipeline_tests.processes import (
     JOBS_PIPELINE,
     alive,

@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, insert
 
-from jobs_pipeline.app_tables import aims, shots, targets, user_discipline_stats, users
 from jobs_pipeline.jobs.discipline_stats_rollup import STAT_COLUMNS
+from jobs_pipeline.storage.app_tables import aims, shots, targets, user_discipline_stats, users
 
 
 def random_flag(rng: random.Random) -> bool | None:

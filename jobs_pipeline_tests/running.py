@@ -4,10 +4,10 @@ from typing import Any
 
 import dagster as dg
 
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.launch import first_failure_line, op_config_for, result_of
-from jobs_pipeline.monitoring import run_failure_alert_sensor
+from jobs_pipeline.interfaces.launch import first_failure_line, op_config_for, result_of
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.sensors.monitoring import run_failure_alert_sensor
 
 
 def run_job(

@@ -19,10 +19,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import Engine, update
 
-from jobs_pipeline.app_database_setup import create_app_schema
-from jobs_pipeline.app_tables import global_config, users
-from jobs_pipeline.database import create_app_engine
-from jobs_pipeline.schema_migrations import upgrade
+from jobs_pipeline.resources.database import create_app_engine
+from jobs_pipeline.storage.app_database_setup import create_app_schema
+from jobs_pipeline.storage.app_tables import global_config, users
+from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.deployment import Deployment, running_deployment
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, free_port, tail, wait_for_url

@@ -11,21 +11,21 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
-from jobs_pipeline import monitoring
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
-from jobs_pipeline.jobs.scheduling import ALERT_AFTER_TAG
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.monitoring import (
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.sensors import monitoring
+from jobs_pipeline.sensors.monitoring import (
     alert_redelivery_sensor,
     failure_rate_sensor,
     long_running_run_sensor,
     run_failure_alert_sensor,
 )
+from jobs_pipeline.steps.scheduling import ALERT_AFTER_TAG
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer
 from jobs_pipeline_tests.running import evaluate_failure_alert, run_job

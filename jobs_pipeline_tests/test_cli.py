@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from sqlalchemy import func, select, text
 
-from jobs_pipeline.app_tables import global_config, users
-from jobs_pipeline.database import writer_lock_key
-from jobs_pipeline.embedded import INSTANCE_CONFIG
-from jobs_pipeline.project_tables import change_ledger
+from jobs_pipeline.resources.database import writer_lock_key
+from jobs_pipeline.storage.app_tables import global_config, users
+from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
+from jobs_pipeline.storage.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,

@@ -25,16 +25,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, Text, cast, func, select, text
 
-from jobs_pipeline.app_tables import users
-from jobs_pipeline.database import WRITER_LOCK_NAMESPACE
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
-from jobs_pipeline.jobs.scheduling import ALERT_WAITING_AFTER_TAG
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
-from jobs_pipeline.launch import op_config_for
-from jobs_pipeline.project_tables import change_ledger, email_outbox
+from jobs_pipeline.resources.database import WRITER_LOCK_NAMESPACE
+from jobs_pipeline.steps.scheduling import ALERT_WAITING_AFTER_TAG
+from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.deployed_runs import (
     ENDED,

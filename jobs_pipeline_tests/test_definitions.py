@@ -11,11 +11,11 @@ import pytest
 import yaml
 from sqlalchemy import inspect
 
-from jobs_pipeline.app_tables import app_metadata
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import INSTANCE_CONFIG
-from jobs_pipeline.jobs.scheduling import TOOL_TAG, is_maintenance_job
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.scheduling import TOOL_TAG, is_maintenance_job
+from jobs_pipeline.storage.app_tables import app_metadata
+from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline_tests.running import job_result
 
 # INTERFACE.md's table: Dagster job, schedule (UTC), priority.

@@ -6,9 +6,8 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, func, insert, literal_column, select, text, update
 
-from jobs_pipeline.app_tables import aims, shots, targets, user_discipline_stats, users
-from jobs_pipeline.database import AppDatabase, writer_lock_key
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     ALL_SHARDS_TAGS,
     ASSET_KEY,
@@ -21,8 +20,9 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     user_shard,
     user_shards,
 )
-from jobs_pipeline.jobs.writers import DRY_RUN_TAG
-from jobs_pipeline.launch import op_config_for
+from jobs_pipeline.resources.database import AppDatabase, writer_lock_key
+from jobs_pipeline.steps.writers import DRY_RUN_TAG
+from jobs_pipeline.storage.app_tables import aims, shots, targets, user_discipline_stats, users
 from jobs_pipeline_tests.app_data import add_user, db_now
 from jobs_pipeline_tests.journal_data import (
     as_records,

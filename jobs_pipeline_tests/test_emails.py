@@ -13,13 +13,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, text, update
 
-from jobs_pipeline.app_tables import users
-from jobs_pipeline.emails import message_id
+from jobs_pipeline.emails.rendering import message_id
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import email_outbox
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, slow_trigger
 from jobs_pipeline_tests.processes import (
     JOBS_PIPELINE,

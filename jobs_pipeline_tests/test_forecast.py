@@ -12,18 +12,18 @@ import pytest
 from psycopg import sql
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.app_tables import users
-from jobs_pipeline.database import AppDatabase, create_app_engine
-from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.forecast import tonight_forecast_job, verdict_tag
 from jobs_pipeline.jobs.global_override_check import global_override_check_schedule
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
-from jobs_pipeline.jobs.scheduling import next_tick
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_schedule
-from jobs_pipeline.launch import op_config_for
-from jobs_pipeline.mail import Mailer
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.steps.scheduling import next_tick
+from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline_tests.app_data import db_now, set_override
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer

@@ -5,14 +5,14 @@ from datetime import UTC, timedelta, timezone
 import pytest
 from sqlalchemy import select, update
 
-from jobs_pipeline.app_tables import global_config
 from jobs_pipeline.jobs.global_override_check import (
     OVERRIDE_KEY,
     delete_if_unchanged,
     global_override_check_job,
     read_override,
 )
-from jobs_pipeline.ledger import RunIdentity
+from jobs_pipeline.storage.app_tables import global_config
+from jobs_pipeline.storage.ledger import RunIdentity
 from jobs_pipeline_tests.app_data import db_now, set_override, table_rows
 from jobs_pipeline_tests.running import failure_message, job_result, log_messages, run_job
 

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.heartbeats import Heartbeats
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
-from jobs_pipeline.launch import op_config_for
-from jobs_pipeline.monitoring import PINGED_TAG, SCHEDULE_TAG, heartbeat_sensor
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.heartbeats import Heartbeats
+from jobs_pipeline.sensors.monitoring import PINGED_TAG, SCHEDULE_TAG, heartbeat_sensor
 from jobs_pipeline_tests.app_data import set_override
 from jobs_pipeline_tests.receivers import PingReceiver
 

@@ -1,5 +1,6 @@
-"""Every job, and an undo, run as a role holding only `jobs_pipeline/least_privilege.sql`'s
-grants; that role cannot change the app's structure nor write what the jobs never write.
+"""Every job, and an undo, run as a role holding only the grants of
+`jobs_pipeline/storage/sql/least_privilege.sql`; that role cannot change the app's structure
+nor write what the jobs never write.
 """
 
 import uuid
@@ -14,18 +15,8 @@ from psycopg import sql
 from sqlalchemy import Engine, Table, exc, func, select
 from sqlalchemy.engine import make_url
 
-from jobs_pipeline.api_tokens import authenticate, issue_token, revoke_token
-from jobs_pipeline.app_database_setup import run_script
-from jobs_pipeline.app_tables import (
-    global_config,
-    promo_codes,
-    promo_redemptions,
-    user_discipline_stats,
-    users,
-)
-from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import EmbeddedPostgres
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
@@ -33,10 +24,20 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.launch import op_config_for
-from jobs_pipeline.ledger import changes_to_user
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import change_ledger, email_outbox
+from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.storage.api_tokens import authenticate, issue_token, revoke_token
+from jobs_pipeline.storage.app_database_setup import run_script
+from jobs_pipeline.storage.app_tables import (
+    global_config,
+    promo_codes,
+    promo_redemptions,
+    user_discipline_stats,
+    users,
+)
+from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.ledger import changes_to_user
+from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_promo_code,

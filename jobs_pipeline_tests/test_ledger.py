@@ -5,13 +5,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from jobs_pipeline.app_tables import promo_redemptions, users
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.project_tables import change_ledger
+from jobs_pipeline.storage.app_tables import promo_redemptions, users
+from jobs_pipeline.storage.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_promo_code,

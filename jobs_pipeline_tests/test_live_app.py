@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import select, text
 
 from bench.generate import generate
-from jobs_pipeline.app_tables import users
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.journal_data import expected_stats, stored_stats
 from jobs_pipeline_tests.running import job_result, run_job
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from jobs_pipeline.mail import Mailer
+from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline_tests.processes import free_port
 from jobs_pipeline_tests.receivers import Mailbox
 

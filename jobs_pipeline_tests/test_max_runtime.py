@@ -15,8 +15,8 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME, OP_NAME
+from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.dev_server import Dev, running_dev, short_state_dir, tail, wait_for_run
 

@@ -28,7 +28,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._scheduler.scheduler import launch_scheduled_runs
 from dagster._utils.error import SerializableErrorInfo
 
-from jobs_pipeline.embedded import INSTANCE_CONFIG
+from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 
 UTC = dt.UTC
 logger = logging.getLogger(__name__)

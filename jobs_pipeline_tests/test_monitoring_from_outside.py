@@ -36,19 +36,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from sqlalchemy import Engine, func, select, update
 
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.deployment.metrics import metrics_registry
-from jobs_pipeline.embedded import INSTANCE_CONFIG
+from jobs_pipeline.interfaces.launch import RunQueue, plan_launch, prepare_pools
 from jobs_pipeline.jobs.forecast import tonight_forecast_job
-from jobs_pipeline.jobs.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import OP_NAME as DOWNGRADE_STEP
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.launch import RunQueue, plan_launch, prepare_pools
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import email_outbox
+from jobs_pipeline.operations.metrics import metrics_registry
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.steps.guard import GUARD_REFUSED_TAG
+from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
+from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.deployment import REPOSITORY, Deployment

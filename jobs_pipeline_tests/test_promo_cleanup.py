@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from jobs_pipeline.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
+from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline_tests.app_data import (
     add_promo_code,
     add_redemption,

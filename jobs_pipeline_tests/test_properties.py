@@ -32,7 +32,15 @@ from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy import Engine, insert, select, text
 
-from jobs_pipeline.app_tables import (
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.jobs.global_override_check import global_override_check_job
+from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
+from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
+from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.storage.app_tables import (
     aims,
     global_config,
     promo_codes,
@@ -42,16 +50,8 @@ from jobs_pipeline.app_tables import (
     user_discipline_stats,
     users,
 )
-from jobs_pipeline.database import AppDatabase, create_app_engine
-from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import EmbeddedPostgres
-from jobs_pipeline.jobs.global_override_check import global_override_check_job
-from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
-from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
-from jobs_pipeline.launch import op_config_for
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import change_ledger, email_outbox
+from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import db_now, table_rows
 from jobs_pipeline_tests.running import failure_message, job_result, run_job
 

@@ -6,13 +6,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from jobs_pipeline.app_tables import app_metadata
-from jobs_pipeline.database import AppDatabase, create_app_engine
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import PROJECT_SCHEMA, project_metadata
-from jobs_pipeline.schema_migrations import head_revision
+from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.storage.app_tables import app_metadata
+from jobs_pipeline.storage.project_tables import PROJECT_SCHEMA, project_metadata
+from jobs_pipeline.storage.schema_migrations import head_revision
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment
 from jobs_pipeline_tests.running import failure_message
@@ -42,7 +42,7 @@ def test_db_upgrade_creates_the_schema_once_and_leaves_the_app_tables_alone(post
     """On the app's database (its tables there, the project's schema not yet); a database
     without the app's tables is refused (`test_setup.py`).
     """
-    from jobs_pipeline.app_database_setup import create_app_schema
+    from jobs_pipeline.storage.app_database_setup import create_app_schema
 
     postgres.ensure_database("upgrade_target")
     url = postgres.url("upgrade_target")
@@ -74,7 +74,7 @@ def test_db_upgrade_creates_the_schema_once_and_leaves_the_app_tables_alone(post
 
 
 def test_a_job_on_a_database_without_the_schema_says_which_command_fixes_it(postgres, instance):
-    from jobs_pipeline.app_database_setup import create_app_schema
+    from jobs_pipeline.storage.app_database_setup import create_app_schema
 
     postgres.ensure_database("no_project_schema")
     url = postgres.url("no_project_schema")

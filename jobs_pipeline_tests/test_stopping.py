@@ -18,12 +18,12 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.alerting import AlertChannels
-from jobs_pipeline.database import writer_lock_key
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.embedded import INSTANCE_CONFIG
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.monitoring import alert_redelivery_sensor
+from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.database import writer_lock_key
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.sensors.monitoring import alert_redelivery_sensor
+from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
 from jobs_pipeline_tests.dev_server import (
     SHUTDOWN_DEADLINE_S,

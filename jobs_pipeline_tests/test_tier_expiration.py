@@ -6,8 +6,8 @@ from datetime import timedelta
 import dagster as dg
 from sqlalchemy import select, text, update
 
-from jobs_pipeline.app_tables import users
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_user,

@@ -30,7 +30,7 @@ from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.promo_cleanup import JOB_NAME as PROMO_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.jobs.undo import JOB_NAME as UNDO_JOB
-from jobs_pipeline.jobs.writers import DRY_RUN_TAG, writer_pool
+from jobs_pipeline.steps.writers import DRY_RUN_TAG, writer_pool
 from jobs_pipeline_tests.dev_server import (
     Dev,
     connect,

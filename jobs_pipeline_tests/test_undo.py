@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, text, update
 
-from jobs_pipeline.app_tables import global_config, promo_codes, promo_redemptions, users
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.project_tables import change_ledger
+from jobs_pipeline.storage.app_tables import global_config, promo_codes, promo_redemptions, users
+from jobs_pipeline.storage.project_tables import change_ledger
 from jobs_pipeline_tests.app_data import (
     add_expired_user,
     add_promo_code,

@@ -59,17 +59,29 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs_pipeline.app_tables import Timestamptz, aims, shots, targets, user_discipline_stats, users
-from jobs_pipeline.database import AppDatabase, create_app_engine, first_line, is_connection_loss
-from jobs_pipeline.jobs.reporting import (
+from jobs_pipeline.resources.database import (
+    AppDatabase,
+    create_app_engine,
+    first_line,
+    is_connection_loss,
+)
+from jobs_pipeline.steps.reporting import (
     JobReport,
     JobResult,
     iso_utc,
     result_metadata,
     seed_name,
 )
-from jobs_pipeline.jobs.scheduling import job_tags
-from jobs_pipeline.jobs.writers import job_step, writer_pool
+from jobs_pipeline.steps.scheduling import job_tags
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage.app_tables import (
+    Timestamptz,
+    aims,
+    shots,
+    targets,
+    user_discipline_stats,
+    users,
+)
 
 JOB_NAME = "discipline_stats_rollup"
 ASSET_KEY = dg.AssetKey("user_discipline_stats")

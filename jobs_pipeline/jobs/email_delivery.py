@@ -1,7 +1,7 @@
 """email-delivery: send what the outbox holds (every 5 minutes).
 
 One message at a time: claim it (its own transaction), send it, record the outcome
-(its own transaction). See jobs_pipeline.emails for why delivery is at-most-once.
+(its own transaction). See jobs_pipeline.emails.rendering for why delivery is at-most-once.
 A failed send is retried with exponential backoff up to `max_attempts`, and keeps
 its last error for operators to read. Without SMTP the messages become .eml files,
 and the run's log says once where they went (see `report_eml_folder`).
@@ -15,20 +15,20 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import Connection, Row, and_, func, select, update
 
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.emails import render
-from jobs_pipeline.jobs.reporting import (
+from jobs_pipeline.emails.rendering import render
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.steps.reporting import (
     DryRunConfig,
     JobReport,
     JobResult,
     iso_utc,
     seed_name,
 )
-from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.jobs.writers import job_step, writer_pool
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import email_outbox
-from jobs_pipeline.schema_migrations import require_current_schema
+from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage.project_tables import email_outbox
+from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "email_delivery"
 OP_NAME = "deliver_emails"

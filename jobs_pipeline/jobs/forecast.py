@@ -25,18 +25,18 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from jobs_pipeline.alerting import Alert, AlertChannels, deliver, tag_key
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs import (
     global_override_check,
     promo_cleanup,
     tier_expiration,
     trial_reminder,
 )
-from jobs_pipeline.jobs.guard import Change, Learned, blast_radius_refusal, number
-from jobs_pipeline.jobs.normal import Normal, learned_normal
-from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
-from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags, next_tick, utc_schedule
+from jobs_pipeline.resources.alerting import Alert, AlertChannels, deliver, tag_key
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.guard import Change, Learned, blast_radius_refusal, number
+from jobs_pipeline.steps.normal import Normal, learned_normal
+from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.scheduling import TOOL_TAG, job_tags, next_tick, utc_schedule
 
 JOB_NAME = "tonight_forecast"
 OP_NAME = "forecast_tonight"

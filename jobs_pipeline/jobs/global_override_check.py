@@ -14,14 +14,14 @@ from typing import Any
 import dagster as dg
 from sqlalchemy import Connection, delete, func, literal, select
 
-from jobs_pipeline import ledger
-from jobs_pipeline.app_tables import TIERS, global_config
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.jobs.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
-from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.jobs.writers import job_step, writer_pool
-from jobs_pipeline.ledger import RunIdentity
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
+from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage import ledger
+from jobs_pipeline.storage.app_tables import TIERS, global_config
+from jobs_pipeline.storage.ledger import RunIdentity
 
 JOB_NAME = "global_override_check"
 OP_NAME = "clear_expired_override"

@@ -25,11 +25,9 @@ from sqlalchemy import (
     update,
 )
 
-from jobs_pipeline import ledger
-from jobs_pipeline.app_tables import promo_codes, promo_redemptions
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.jobs.batching import locked_batch, run_batches
-from jobs_pipeline.jobs.guard import (
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.batching import locked_batch, run_batches
+from jobs_pipeline.steps.guard import (
     AsOfConfig,
     Caps,
     Change,
@@ -38,17 +36,19 @@ from jobs_pipeline.jobs.guard import (
     guard_change,
     requested_as_of,
 )
-from jobs_pipeline.jobs.reporting import (
+from jobs_pipeline.steps.reporting import (
     LOG_LINE_CAP,
     JobReport,
     JobResult,
     iso_utc,
     seed_name,
 )
-from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.jobs.writers import job_step, writer_pool
-from jobs_pipeline.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity
-from jobs_pipeline.project_tables import change_ledger
+from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage import ledger
+from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
+from jobs_pipeline.storage.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity
+from jobs_pipeline.storage.project_tables import change_ledger
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"

@@ -29,11 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs_pipeline import ledger
-from jobs_pipeline.app_tables import Timestamptz, users
-from jobs_pipeline.database import AppDatabase, first_line, is_connection_loss
-from jobs_pipeline.jobs.batching import locked_batch
-from jobs_pipeline.jobs.guard import (
+from jobs_pipeline.resources.database import AppDatabase, first_line, is_connection_loss
+from jobs_pipeline.steps.batching import locked_batch
+from jobs_pipeline.steps.guard import (
     AsOfConfig,
     Caps,
     Change,
@@ -42,18 +40,20 @@ from jobs_pipeline.jobs.guard import (
     guard_change,
     requested_as_of,
 )
-from jobs_pipeline.jobs.reporting import (
+from jobs_pipeline.steps.reporting import (
     LOG_LINE_CAP,
     JobReport,
     JobResult,
     iso_utc,
     seed_name,
 )
-from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.jobs.writers import job_step, writer_pool
-from jobs_pipeline.ledger import RunIdentity
-from jobs_pipeline.project_tables import email_outbox
-from jobs_pipeline.schema_migrations import require_current_schema
+from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage import ledger
+from jobs_pipeline.storage.app_tables import Timestamptz, users
+from jobs_pipeline.storage.ledger import RunIdentity
+from jobs_pipeline.storage.project_tables import email_outbox
+from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"

@@ -14,16 +14,16 @@ import dagster as dg
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, not_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs_pipeline.app_tables import users
-from jobs_pipeline.database import AppDatabase
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
-from jobs_pipeline.jobs.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.jobs.reporting import JobReport, JobResult, iso_utc, seed_name
-from jobs_pipeline.jobs.scheduling import job_tags, utc_schedule
-from jobs_pipeline.jobs.writers import job_step, writer_pool
-from jobs_pipeline.mail import Mailer
-from jobs_pipeline.project_tables import email_outbox
-from jobs_pipeline.schema_migrations import require_current_schema
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
+from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
+from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline.storage.project_tables import email_outbox
+from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "trial_reminder"
 OP_NAME = "send_trial_reminders"

@@ -19,14 +19,14 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import Connection, Table, select, text
 
-from jobs_pipeline.app_tables import app_metadata
-from jobs_pipeline.database import AppDatabase
-from jobs_pipeline.jobs.reporting import LOG_LINE_CAP, JobReport, JobResult, iso_utc, seed_name
-from jobs_pipeline.jobs.scheduling import TOOL_TAG, job_tags
-from jobs_pipeline.jobs.writers import job_step
-from jobs_pipeline.ledger import UNDO_WINDOW_DAYS
-from jobs_pipeline.project_tables import change_ledger
-from jobs_pipeline.schema_migrations import require_current_schema
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.steps.reporting import LOG_LINE_CAP, JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.scheduling import TOOL_TAG, job_tags
+from jobs_pipeline.steps.writers import job_step
+from jobs_pipeline.storage.app_tables import app_metadata
+from jobs_pipeline.storage.ledger import UNDO_WINDOW_DAYS
+from jobs_pipeline.storage.project_tables import change_ledger
+from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "undo_run"
 OP_NAME = "undo_changes"

@@ -1,0 +1,1 @@
+"""The emails' templates and their rendering."""

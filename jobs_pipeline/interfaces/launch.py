@@ -1,0 +1,479 @@
+"""Starting a job and reading its outcome: shared by the CLI and the admin API.
+
+Every start goes through the one Dagster instance. Where a daemon serves it, the run
+is submitted to its queue, as a schedule's or the UI's would be, and so waits for its
+job's turn (`job_lock`), its table's pool and its priority, and is stopped at its
+`dagster/max_runtime`; a run worker process of the deployment executes it. Where no
+daemon serves the instance (the CLI on a bare database), the run executes in the
+calling process on that instance: the pools still keep it from writing a table
+another run of the instance writes, and the database's writer lock keeps it from any
+other writer. Either way a run's result is read back from the `result` metadata its
+step recorded, so whoever started it sees exactly what the Dagster UI shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
+from jobs_pipeline.instance.status import job_pools
+from jobs_pipeline.steps.reporting import result_of
+from jobs_pipeline.steps.writers import DRY_RUN_TAG
+from jobs_pipeline.storage.embedded import state_dir
+
+DEFINITIONS_MODULE = "jobs_pipeline.definitions"
+# The code location's name in every workspace (workspace.yaml, a deployment's).
+LOCATION_NAME = "jobs_pipeline"
+TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
+PARTITION_TAG = "dagster/partition"
+
+# The queue's daemon writes a heartbeat every 30 s or so; one older than this is a
+# daemon that is not running.
+DAEMON_HEARTBEAT_FRESH_SECONDS = 90
+QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+POLL_SECONDS = 0.5
+
+
+class LaunchError(ValueError):
+    """The launch request cannot be honoured (an option the job does not take, an unknown user)."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a run of one job is started with: its run config and its tags."""
+
+    run_config: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def plan_launch(
+    job: dg.JobDefinition,
+    *,
+    dry_run: bool = False,
+    user: str | None = None,
+    allow_large: bool = False,
+    app_engine: Engine | None = None,
+    as_of: str | None = None,
+) -> LaunchPlan:
+    """A partitioned job runs all its partitions in one run; `user` (only the rollup
+    takes it) narrows the run to that user's shard and that user; `as_of` (a dry run of
+    a job whose rule follows the clock) evaluates the rule as if the run happened then.
+    """
+    from jobs_pipeline.jobs.discipline_stats_rollup import find_user, shard_of
+
+    extra: dict[str, Any] = {}
+    tags = {DRY_RUN_TAG: "true"} if dry_run else {}
+    if as_of is not None:
+        extra["as_of"] = checked_as_of(job, as_of, dry_run=dry_run)
+    if allow_large:
+        if not takes_option(job, "allow_large"):
+            raise LaunchError(
+                f"--allow-large applies only to tier-expiration and promo-cleanup, not {job.name}"
+            )
+        extra["allow_large"] = True
+    if user is not None:
+        if not takes_option(job, "user"):
+            raise LaunchError(f"--user applies only to discipline-stats-rollup, not {job.name}")
+        assert app_engine is not None, "looking a user up needs the app database"
+        with app_engine.connect() as connection:
+            try:
+                user_id = find_user(connection, user)
+            except LookupError as missing:
+                raise LaunchError(str(missing)) from None
+        return LaunchPlan(
+            run_config=op_config_for(job, dry_run=dry_run, user=str(user_id), **extra),
+            tags={**tags, PARTITION_TAG: shard_of(user_id)},
+        )
+    if job.partitions_def is not None:
+        keys = job.partitions_def.get_partition_keys()
+        tags["dagster/asset_partition_range_start"] = keys[0]
+        tags["dagster/asset_partition_range_end"] = keys[-1]
+    return LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra), tags=tags)
+
+
+def checked_as_of(job: dg.JobDefinition, as_of: str, *, dry_run: bool) -> str:
+    """`as_of` as given, once it is known to be a timestamp the run will accept: refused
+    here, the caller gets a usage error (exit 2, or 400) instead of a failed run.
+    """
+    from jobs_pipeline.steps.guard import parse_as_of
+
+    if not takes_option(job, "as_of"):
+        raise LaunchError(
+            "--as-of applies only to tier-expiration, global-override-check, promo-cleanup"
+            f" and trial-reminder, not {job.name}"
+        )
+    if not dry_run:
+        raise LaunchError(
+            "--as-of applies only to dry runs (--dry-run): a real run always uses the"
+            " database's clock"
+        )
+    try:
+        parse_as_of(as_of)
+    except ValueError as bad:
+        raise LaunchError(str(bad)) from None
+    return as_of
+
+
+def op_config_for(job: dg.JobDefinition, **op_config: Any) -> dict[str, Any]:
+    """Run config giving `op_config` to every op of the job that takes those keys
+    (the job's own op or asset; not the asset checks Dagster adds beside it).
+    """
+    return {
+        "ops": {
+            node.name: {"config": op_config}
+            for node in job.nodes_in_topological_order
+            if set(op_config) <= set(config_fields(node.definition))
+        }
+    }
+
+
+def takes_option(job: dg.JobDefinition, option: str) -> bool:
+    return any(option in config_fields(node.definition) for node in job.nodes_in_topological_order)
+
+
+def config_fields(definition: Any) -> dict[str, Any]:
+    schema = definition.config_schema
+    if schema is None:
+        return {}
+    return dict(getattr(schema.as_field().config_type, "fields", {}) or {})
+
+
+# -- reading a run's outcome ----------------------------------------------------------------
+
+
+def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
+    """A step's `Failure` description when there is one, else the innermost error of
+    the first failed step or resource (a bad DATABASE_URL fails the resource), else
+    the run's own failure message (a run stopped for exceeding its maximum runtime).
+    """
+    run_failure = crash = ""
+    for event in events:
+        if is_crash_explanation(event):
+            crash = crash or crash_explanation(event)
+        if event.is_step_failure:
+            failure = event.step_failure_data
+            if failure.user_failure_data is not None and failure.user_failure_data.description:
+                return str(failure.user_failure_data.description)
+            return innermost_message(failure.error)
+        if event.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE:
+            return innermost_message(getattr(event.event_specific_data, "error", None))
+        if event.event_type in RUN_ENDED_BADLY and event.message:
+            run_failure = run_failure or event.message.strip().splitlines()[0]
+    return crash or run_failure or "the run failed"
+
+
+RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+# What the code server records when a run's process died under it: "[DagsterApiServer] Run
+# execution process for <run id> was terminated by signal 9 (SIGKILL)." (the run's failure
+# itself only says it "has been marked as failed from outside the execution context").
+CRASH_PREFIX = "Run execution process for"
+
+
+def is_crash_explanation(event: dg.DagsterEvent) -> bool:
+    return event.event_type == dg.DagsterEventType.ENGINE_EVENT and (
+        crash_explanation(event).startswith(CRASH_PREFIX)
+    )
+
+
+def crash_explanation(event: dg.DagsterEvent) -> str:
+    """The event's first line without the "[ClassName] " Dagster puts before it."""
+    lines = (event.message or "").strip().splitlines()
+    first = lines[0] if lines else ""
+    return first.split("] ", 1)[1] if first.startswith("[") and "] " in first else first
+
+
+def record_operator_stop(instance: dg.DagsterInstance, run_id: str, who: str) -> None:
+    """Marks a run its operator stopped (Ctrl-C, SIGTERM) as canceled, as Dagster does a
+    run terminated from the UI: it was stopped on purpose, it did not fail. Dagster has
+    already recorded it as failed, interrupted (nothing marks an in-process run
+    canceling before its own handler takes the signal), so the failure alert skips a
+    run whose status is no longer FAILURE.
+    """
+    run = instance.get_run_by_id(run_id)
+    if run is not None:
+        instance.report_run_canceled(
+            run, message=f"Stopped midway by {who} (Ctrl-C or SIGTERM) in its own process."
+        )
+
+
+def was_interrupted(events: Iterable[dg.DagsterEvent]) -> bool:
+    """The run failed because its process was interrupted (Ctrl-C, SIGTERM), not its code."""
+    from dagster._core.events import RunFailureReason
+
+    return any(
+        event.event_type == dg.DagsterEventType.RUN_FAILURE
+        and getattr(event.event_specific_data, "failure_reason", None)
+        == RunFailureReason.UNEXPECTED_TERMINATION
+        for event in events
+    )
+
+
+def innermost_message(error: Any) -> str:
+    while error is not None and error.cause is not None:
+        error = error.cause
+    if error is None or not error.message.strip():
+        return "the run failed"
+    return str(error.message).strip().splitlines()[0]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def success(self) -> bool:
+        return self.status == dg.DagsterRunStatus.SUCCESS.value
+
+
+FINISHED_STATUSES = {
+    dg.DagsterRunStatus.SUCCESS.value,
+    dg.DagsterRunStatus.FAILURE.value,
+    dg.DagsterRunStatus.CANCELED.value,
+}
+
+
+def outcome_of(instance: dg.DagsterInstance, run_id: str) -> RunOutcome | None:
+    """Where the run stands; its result or first error once it has finished."""
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return None
+    status = run.status.value
+    if status not in FINISHED_STATUSES:
+        return RunOutcome(run_id=run_id, status=status)
+    events = [record.dagster_event for record in instance.all_logs(run_id) if record.dagster_event]
+    if status == dg.DagsterRunStatus.SUCCESS.value:
+        return RunOutcome(run_id=run_id, status=status, result=result_of(events))
+    return RunOutcome(run_id=run_id, status=status, error=first_failure_line(events))
+
+
+def wait_for_outcome(
+    instance: dg.DagsterInstance, run_id: str, *, timeout_seconds: float | None = None
+) -> RunOutcome:
+    """The run's outcome once it has finished, or where it stands at the timeout."""
+    give_up = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    while True:
+        outcome = outcome_of(instance, run_id)
+        assert outcome is not None, f"run {run_id} is not in the instance"
+        if outcome.finished or (give_up is not None and time.monotonic() >= give_up):
+            return outcome
+        time.sleep(POLL_SECONDS)
+
+
+# -- the instance ---------------------------------------------------------------------------
+
+
+def dev_home() -> Path:
+    """`jobs-pipeline dev`'s instance folder, in the state folder."""
+    return state_dir() / "dagster_home"
+
+
+SERVED_DATABASE_FILE = "app_database"
+
+
+def database_identity(url: str) -> str:
+    """The app database a URL names, without its password: where dev's instance says
+    which database it serves.
+    """
+    parsed = make_url(url)
+    host = parsed.host or parsed.query.get("host") or ""
+    return f"{parsed.username or ''}@{host}:{parsed.port or ''}/{parsed.database or ''}"
+
+
+def record_served_database(home: Path, app_url: str) -> None:
+    (home / SERVED_DATABASE_FILE).write_text(database_identity(app_url) + "\n")
+
+
+def adopt_dev_instance(app_url: str) -> Path | None:
+    """With `DAGSTER_HOME` unset, the dev instance of this state folder, when there is one
+    and it serves the same app database: it becomes `DAGSTER_HOME` for this process, so
+    runs started here show in dev's UI and `list` shows them.
+    """
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = dev_home()
+    served = home / SERVED_DATABASE_FILE
+    if not (home / "dagster.yaml").exists() or not served.exists():
+        return None
+    if served.read_text().strip() != database_identity(app_url):
+        return None
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@contextlib.contextmanager
+def open_instance() -> Iterator[dg.DagsterInstance]:
+    """`$DAGSTER_HOME`'s instance, or a temporary one (no history) when it is unset."""
+    instance = (
+        dg.DagsterInstance.get()
+        if os.environ.get("DAGSTER_HOME")
+        else dg.DagsterInstance.ephemeral()
+    )
+    with instance:
+        prepare_pools(instance)
+        yield instance
+
+
+def project_pools() -> list[str]:
+    """Every concurrency pool the project's ops name."""
+    from jobs_pipeline.definitions import defs
+
+    return job_pools(defs.resolve_all_job_defs())
+
+
+def prepare_pools(instance: dg.DagsterInstance) -> None:
+    """Creates each pool's limit row (dagster.yaml's default) before runs claim slots:
+    two runs creating the same row at once on a fresh storage would crash one of them.
+    A limit an operator has set (`dagster instance concurrency set`) is kept.
+    """
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits or instance.is_ephemeral:
+        return
+    known = {limit.name for limit in storage.get_pool_limits()}
+    for pool in project_pools():
+        if pool not in known:
+            with contextlib.suppress(Exception):  # another process created it first
+                storage.initialize_concurrency_limit_to_default(pool)
+
+
+def daemon_serves(instance: dg.DagsterInstance) -> bool:
+    """Whether a daemon takes this instance's queued runs: a queue, and a fresh heartbeat."""
+    if instance.is_ephemeral or not isinstance(instance.run_coordinator, dg.QueuedRunCoordinator):
+        return False
+    heartbeat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
+    return heartbeat is not None and time.time() - heartbeat.timestamp < (
+        DAEMON_HEARTBEAT_FRESH_SECONDS
+    )
+
+
+# -- starting runs --------------------------------------------------------------------------
+
+
+class RunQueue:
+    """Submits runs to the instance's queue, as `dagster job launch` does.
+
+    The code location is loaded in this process under the deployment's location name,
+    so the daemon launches the run from its own copy of that location (a code server in
+    a deployment). Dagster has no public Python API for this: these are the calls its
+    own `dagster job launch` makes (1.13.27), kept here in one place.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        self._stack = contextlib.ExitStack()
+        self._workspace: Any = None
+
+    def __enter__(self) -> RunQueue:
+        from dagster._core.remote_origin import InProcessCodeLocationOrigin
+        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+        from dagster._core.workspace.context import WorkspaceProcessContext
+        from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+        origin = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
+            location_name=LOCATION_NAME,
+        )
+        self._workspace = self._stack.enter_context(
+            WorkspaceProcessContext(
+                self.instance,
+                InProcessWorkspaceLoadTarget([origin]),
+                version=dg.__version__,
+                read_only=False,
+            )
+        )
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self._stack.close()
+
+    def submit(self, job_name: str, plan: LaunchPlan, *, triggered_by: str) -> str:
+        """Creates the run with its job's tags and the plan's, queues it, returns its id."""
+        from dagster._core.definitions.selector import JobSubsetSelector
+
+        request = self._workspace.create_request_context()
+        location = request.get_code_location(LOCATION_NAME)
+        (repository,) = location.get_repositories().values()
+        job = location.get_job(
+            JobSubsetSelector(
+                location_name=LOCATION_NAME,
+                repository_name=repository.name,
+                job_name=job_name,
+                op_selection=None,
+            )
+        )
+        plan_snapshot = location.get_execution_plan(
+            job,
+            plan.run_config,
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=self.instance,
+        ).execution_plan_snapshot
+        run = self.instance.create_run(
+            job_name=job_name,
+            run_id=None,
+            run_config=plan.run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=plan_snapshot.step_keys_to_execute,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags={**job.tags, **plan.tags, TRIGGERED_BY_TAG: triggered_by},
+            job_snapshot=job.job_snapshot,
+            execution_plan_snapshot=plan_snapshot,
+            parent_job_snapshot=job.parent_job_snapshot,
+            remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=repository.asset_graph,
+        )
+        return self.instance.submit_run(run.run_id, request).run_id
+
+    def cancel_if_queued(self, run_id: str) -> bool:
+        """Takes a run that has not started off the queue; a started one goes on."""
+        run = self.instance.get_run_by_id(run_id)
+        if run is None or run.status != dg.DagsterRunStatus.QUEUED:
+            return False
+        return bool(self.instance.run_coordinator.cancel_run(run_id))
+
+
+def execute_here(
+    instance: dg.DagsterInstance,
+    job: dg.JobDefinition,
+    plan: LaunchPlan,
+    *,
+    triggered_by: str,
+    run_id: str | None = None,
+) -> RunOutcome:
+    """Runs the job in this process, in the instance's history, tagged with who started it."""
+    execution = job.execute_in_process(
+        run_config=plan.run_config,
+        instance=instance,
+        raise_on_error=False,
+        run_id=run_id,
+        tags={**plan.tags, TRIGGERED_BY_TAG: triggered_by},
+    )
+    events = execution.all_events
+    if execution.success:
+        return RunOutcome(execution.run_id, "SUCCESS", result=result_of(events))
+    if was_interrupted(events):
+        record_operator_stop(instance, execution.run_id, triggered_by)
+        raise KeyboardInterrupt  # the caller's Ctrl-C path takes it from here
+    return RunOutcome(execution.run_id, "FAILURE", error=first_failure_line(events))

@@ -1,0 +1,1 @@
+"""Operating a deployment: `setup`, `doctor` and the Prometheus metrics."""

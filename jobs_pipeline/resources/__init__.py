@@ -1,0 +1,1 @@
+"""Dagster resources: the app database, the mailer, the alert channels, the heartbeat pings."""

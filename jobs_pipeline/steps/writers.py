@@ -1,0 +1,40 @@
+"""One writer per app table, and dry runs that say so: what every job's step shares.
+
+Each job's op names the app table it writes as its Dagster concurrency pool
+(`dagster.yaml` gives every pool one slot), so runs through the instance, the asset
+job and backfills included, never write a table two at a time; inside the step, the
+database's advisory lock on each table holds the same line against a run started
+past the instance.
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import dagster as dg
+
+from jobs_pipeline.resources.database import AppDatabase
+
+# Shown in the runs list, so a dry run never passes for a real one.
+DRY_RUN_TAG = "jobs_pipeline/dry_run"
+
+
+def writer_pool(table: str) -> str:
+    """The Dagster concurrency pool of the runs that write `table`."""
+    return f"writes_{table}"
+
+
+@contextmanager
+def job_step(
+    context: dg.OpExecutionContext,
+    db: AppDatabase,
+    *,
+    writes: Sequence[str],
+    dry_run: bool,
+) -> Iterator[None]:
+    """Around a job's work: a dry run is tagged and takes no lock; a real run holds the
+    writer lock of each app table in `writes`; a lost connection retries the step.
+    """
+    if dry_run:
+        context.instance.add_run_tags(context.run_id, {DRY_RUN_TAG: "true"})
+    with db.retry_on_connection_loss(), db.writer_lock([] if dry_run else writes, context.run_id):
+        yield
