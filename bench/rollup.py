@@ -44,9 +44,9 @@ from bench.measuring import (
 )
 from bench.seed_baseline import seed_rollup
 from jobs_pipeline.jobs.discipline_stats_rollup import RollupConfig
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, throwaway_embedded_postgres
+from jobs_pipeline.storage.engine import create_app_engine
 
 FLOOR_SQL = (Path(__file__).parent / "floor.sql").read_text()
 FLOOR = "(c) floor"

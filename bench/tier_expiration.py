@@ -35,9 +35,9 @@ from sqlalchemy import Engine, text
 from bench.generate import generate_tier_users
 from bench.measuring import render_table, run_in_own_process
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, throwaway_embedded_postgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 
 TEMPLATE = "tier_template"

@@ -118,9 +118,9 @@ def prometheus_config(metrics_port: int) -> dict[str, Any]:
 
 def observe(folder: Path) -> dict[str, Any]:
     """Runs the scenario in `folder`; what it saw, for the test to judge."""
-    from jobs_pipeline.resources.database import create_app_engine
     from jobs_pipeline.storage.app_database_setup import create_app_schema
     from jobs_pipeline.storage.embedded import start_embedded_postgres
+    from jobs_pipeline.storage.engine import create_app_engine
     from jobs_pipeline.storage.schema_migrations import upgrade
     from jobs_pipeline_tests.dev_server import stop_orphaned_postgres
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.dev_server import stop_orphaned_postgres
 

@@ -4,10 +4,12 @@ from typing import Any
 
 import dagster as dg
 
-from jobs_pipeline.interfaces.launch import first_failure_line, op_config_for, result_of
+from jobs_pipeline.instance.run_outcomes import first_failure_line
+from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.sensors.monitoring import run_failure_alert_sensor
+from jobs_pipeline.steps.reporting import result_of
 
 
 def run_job(

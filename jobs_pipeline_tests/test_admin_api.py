@@ -19,9 +19,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import Engine, update
 
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.app_tables import global_config, users
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.deployment import Deployment, running_deployment
@@ -226,6 +226,8 @@ def test_a_run_through_the_api_is_in_the_history_with_who_triggered_it(api, monk
     assert jobs["tier-expiration"]["schedule"] == "15 0 * * *"
     assert jobs["tier-expiration"]["last_run"]["run_id"] == body["run_id"]
     assert jobs["tier-expiration"]["last_run"]["status"] == "SUCCESS"
+    assert jobs["tier-expiration"]["last_run"]["dry_run"] is False
+    assert jobs["tier-expiration"]["priority"] == "high"
     assert len(jobs) == 6
 
 
@@ -243,6 +245,9 @@ def test_a_dry_run_through_the_api_changes_nothing(api):
     with api.engine.connect() as c:
         tier = c.execute(users.select().where(users.c.id == user_id)).one().tier
     assert tier == "premium"
+    _, listing = api.call("GET", "/api/admin/jobs", token=token)
+    (listed,) = [job for job in listing["jobs"] if job["dagster_job"] == "tier_expiration"]
+    assert listed["last_run"]["dry_run"] is True
 
 
 @pytest.mark.parametrize("body", [b"[1]", b"{not json", b'{"dry_run": "yes"}', b'{"force": true}'])

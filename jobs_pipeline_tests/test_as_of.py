@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from jobs_pipeline.formats import iso_utc
 from jobs_pipeline.interfaces.launch import LaunchError, op_config_for, plan_launch
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
@@ -14,7 +15,6 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.steps.reporting import iso_utc
 from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import (

@@ -212,6 +212,8 @@ def test_runs_go_into_the_instance_history_and_list_shows_them(
         assert run.status == dg.DagsterRunStatus.SUCCESS
         assert run.tags.get("jobs_pipeline/triggered_by") == f"cli:{getpass.getuser()}"
         assert instance.get_runs(filters=dg.RunsFilter(job_name="tier_expiration")) == []
+    dry = jobs_pipeline("run", "global-override-check", "--dry-run", env=env, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-3000:]
 
     listed = jobs_pipeline("list", env=env, cwd=tmp_path)
 
@@ -223,7 +225,10 @@ def test_runs_go_into_the_instance_history_and_list_shows_them(
     assert "SUCCESS" in rows["promo-cleanup"]
     assert run.run_id[:8] in rows["promo-cleanup"]
     assert "SUCCESS" not in rows["tier-expiration"]
-    assert "SUCCESS" not in rows["global-override-check"]
+    assert "dry run" not in rows["promo-cleanup"]
+    # The last run of global-override-check was a dry run, and the list says so.
+    assert "dry run SUCCESS" in rows["global-override-check"]
+    assert "high" in rows["tier-expiration"] and "PRIORITY" in listed.stdout
 
 
 def test_demo_data_fills_an_empty_database_once(engine, env, tmp_path):

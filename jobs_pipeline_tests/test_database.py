@@ -1,7 +1,7 @@
 import pytest
 from sqlalchemy import text
 
-from jobs_pipeline.resources.database import app_engine_url, create_app_engine
+from jobs_pipeline.storage.engine import app_engine_url, create_app_engine
 
 
 def test_every_connection_has_timeouts_and_names_itself(app_db_url):

@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.steps.scheduling import TOOL_TAG, is_maintenance_job
+from jobs_pipeline.steps.scheduling import TOOL_TAG, is_maintenance_job, priority_of
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline_tests.running import job_result
@@ -39,7 +39,7 @@ def test_every_job_resolves_and_matches_the_interface():
     tools = {job.name for job in defs.resolve_all_job_defs() if job.tags.get(TOOL_TAG) == "true"}
     assert tools == {"undo_run", *TOOL_SCHEDULES}
     for name, (_cron, priority) in INVENTORY.items():
-        assert jobs[name].tags["priority"] == priority
+        assert priority_of(jobs[name].tags) == priority
         assert jobs[name].tags["job_lock"] == name
         assert jobs[name].description
 

@@ -19,11 +19,12 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_schedule
 from jobs_pipeline.resources.alerting import AlertChannels
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.steps.scheduling import next_tick
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline_tests.app_data import db_now, set_override
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer

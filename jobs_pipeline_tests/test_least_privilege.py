@@ -24,7 +24,7 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.api_tokens import authenticate, issue_token, revoke_token
 from jobs_pipeline.storage.app_database_setup import run_script
@@ -36,6 +36,7 @@ from jobs_pipeline.storage.app_tables import (
     users,
 )
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.ledger import changes_to_user
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import (

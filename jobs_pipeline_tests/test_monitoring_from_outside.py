@@ -44,10 +44,11 @@ from jobs_pipeline.jobs.tier_expiration import OP_NAME as DOWNGRADE_STEP
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.operations.metrics import metrics_registry
 from jobs_pipeline.resources.alerting import AlertChannels
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.steps.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection

@@ -38,7 +38,7 @@ from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import (
     aims,
@@ -51,6 +51,7 @@ from jobs_pipeline.storage.app_tables import (
     users,
 )
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import db_now, table_rows
 from jobs_pipeline_tests.running import failure_message, job_result, run_job

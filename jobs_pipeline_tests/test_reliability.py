@@ -11,8 +11,9 @@ from sqlalchemy import delete, func, select, text
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import aims, promo_redemptions, shots, targets, users
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.app_data import (
     add_expired_user,

@@ -8,8 +8,9 @@ from sqlalchemy import Engine, func, select, text
 
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
 from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.running import job_result, log_messages, run_job

@@ -8,9 +8,10 @@ from sqlalchemy import inspect
 
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
-from jobs_pipeline.resources.database import AppDatabase, create_app_engine
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import app_metadata
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import PROJECT_SCHEMA, project_metadata
 from jobs_pipeline.storage.schema_migrations import head_revision
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row

@@ -14,9 +14,9 @@ from psycopg import sql
 from sqlalchemy import inspect
 
 from jobs_pipeline.interfaces.launch import project_pools
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG, EmbeddedPostgres
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import current_revision, head_revision
 from jobs_pipeline_tests.processes import cli_environment, run_cli
 

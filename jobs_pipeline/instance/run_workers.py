@@ -29,11 +29,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-
-# The tag Dagster's DefaultRunLauncher puts on each run it launched: its code server.
-from dagster._core.storage.tags import GRPC_INFO_TAG
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
+
+from jobs_pipeline.dagster_private import CODE_SERVER_TAG, worker_health
 
 # The advisory-lock namespace of run workers' signs of life (the writer locks use 0x4A505000).
 LIVENESS_NAMESPACE = 0x4A50_5001
@@ -230,25 +229,21 @@ class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> Any:
-        from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-
         # Only the runs this launcher started hold a sign of life; one executed in a CLI's
         # own process is that process's to end.
-        if GRPC_INFO_TAG not in run.tags:
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "not started by a code server")
+        if CODE_SERVER_TAG not in run.tags:
+            return worker_health(True, "not started by a code server")
         alive = workers_alive(self._instance, [run.run_id])
         if alive is None or alive[run.run_id]:
             self._missing_since.pop(run.run_id, None)
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "its worker shows a sign of life")
+            return worker_health(True, "its worker shows a sign of life")
         now = time.time()
         missing_for = now - self._missing_since.setdefault(run.run_id, now)
         if missing_for < self.worker_gone_after_seconds:
-            return CheckRunHealthResult(
-                WorkerStatus.RUNNING, f"no sign of life for {missing_for:.0f} s"
-            )
+            return worker_health(True, f"no sign of life for {missing_for:.0f} s")
         self._missing_since.pop(run.run_id, None)
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED,
+        return worker_health(
+            False,
             f"The run's worker process is gone: no sign of life for over"
             f" {self.worker_gone_after_seconds} s (it was killed, ran out of memory, or its"
             " code server or host went down). Its next run does the rest of the work.",

@@ -30,19 +30,26 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import Engine
 
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.formats import display_name
+from jobs_pipeline.instance.run_outcomes import RunOutcome, outcome_of
 from jobs_pipeline.interfaces.launch import (
     LaunchError,
-    RunOutcome,
     RunQueue,
     daemon_serves,
-    outcome_of,
+    job_catalog,
+    latest_run,
     plan_launch,
+    schedules_by_job,
 )
+from jobs_pipeline.operations.metrics import metrics_registry
 from jobs_pipeline.resources.alerting import redact
-from jobs_pipeline.steps.reporting import seed_name
+from jobs_pipeline.steps.scheduling import priority_of
+from jobs_pipeline.steps.writers import DRY_RUN_TAG
 from jobs_pipeline.storage.api_tokens import Caller, authenticate
 
 log = logging.getLogger("jobs_pipeline.admin_api")
@@ -114,6 +121,7 @@ class RunStatus(BaseModel):
 class LastRun(BaseModel):
     run_id: str
     status: str
+    dry_run: bool
     started_at: float | None
     ended_at: float | None
 
@@ -159,14 +167,6 @@ def bearer_token(request: Request) -> str | None:
 
 def client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-def job_catalog() -> dict[str, dg.JobDefinition]:
-    """Dagster job name -> job, for every job users can run."""
-    from jobs_pipeline.definitions import defs
-    from jobs_pipeline.steps.scheduling import is_maintenance_job
-
-    return {job.name: job for job in defs.resolve_all_job_defs() if is_maintenance_job(job)}
 
 
 class AdminApi:
@@ -350,7 +350,7 @@ def create_app(
             raise ApiError(404, "Run not found")
         return RunStatus(
             run_id=run_id,
-            job=seed_name(run.job_name),
+            job=display_name(run.job_name),
             status=outcome.status,
             result=outcome.result,
             error=redact(outcome.error) if outcome.error else None,
@@ -380,11 +380,6 @@ def add_metrics_route(app: FastAPI, instance: dg.DagsterInstance, app_engine: En
     them. Without a token, as Prometheus scrapes: they carry counts, ages and run ids, never
     an email or a secret. Not in the OpenAPI document, which describes the admins' API.
     """
-    from prometheus_client.exposition import choose_encoder
-
-    from jobs_pipeline.definitions import defs
-    from jobs_pipeline.operations.metrics import metrics_registry
-
     registry = metrics_registry(instance, app_engine, defs)
 
     @app.get("/metrics", include_in_schema=False)
@@ -415,21 +410,17 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
 
 def jobs_with_last_runs(instance: dg.DagsterInstance) -> list[JobListing]:
-    from jobs_pipeline.definitions import defs
-
-    schedules = {
-        s.job_name: s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)
-    }
+    schedules = schedules_by_job()
     listed = []
-    for name, job in sorted(job_catalog().items()):
+    for name, job in job_catalog().items():
         schedule = schedules.get(name)
         listed.append(
             JobListing(
-                name=seed_name(name),
+                name=display_name(name),
                 dagster_job=name,
                 schedule=str(schedule.cron_schedule) if schedule else None,
                 timezone=schedule.execution_timezone if schedule else None,
-                priority=job.tags.get("priority"),
+                priority=priority_of(job.tags),
                 last_run=last_run(instance, name),
             )
         )
@@ -437,13 +428,13 @@ def jobs_with_last_runs(instance: dg.DagsterInstance) -> list[JobListing]:
 
 
 def last_run(instance: dg.DagsterInstance, job_name: str) -> LastRun | None:
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name), limit=1)
-    if not records:
+    record = latest_run(instance, job_name)
+    if record is None:
         return None
-    record = records[0]
     return LastRun(
         run_id=record.dagster_run.run_id,
         status=record.dagster_run.status.value,
+        dry_run=record.dagster_run.tags.get(DRY_RUN_TAG) == "true",
         started_at=record.start_time,
         ended_at=record.end_time,
     )

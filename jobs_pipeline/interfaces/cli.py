@@ -219,17 +219,12 @@ def run_command(args: argparse.Namespace) -> int:
 # -- run ---------------------------------------------------------------------------------
 
 
-def job_names() -> list[str]:
-    from jobs_pipeline.definitions import defs
-    from jobs_pipeline.steps.scheduling import is_maintenance_job
-
-    return sorted(job.name for job in defs.resolve_all_job_defs() if is_maintenance_job(job))
-
-
 def resolve_job_name(name: str) -> str:
-    """Accepts the seed's hyphenated name or Dagster's underscored one."""
+    """Accepts the hyphenated name users see or Dagster's underscored one."""
+    from jobs_pipeline.interfaces.launch import job_catalog
+
     candidate = name.strip().replace("-", "_")
-    known = job_names()
+    known = list(job_catalog())
     if candidate not in known:
         spelled = ", ".join(n.replace("_", "-") for n in known)
         raise UsageError(f"unknown job {name!r}; the jobs are: {spelled}")
@@ -243,7 +238,7 @@ class DatabaseUnreachable(Exception):
 def check_reachable(engine: Any) -> None:
     from sqlalchemy import exc
 
-    from jobs_pipeline.resources.database import first_line
+    from jobs_pipeline.formats import first_line
 
     try:
         with engine.connect():
@@ -261,9 +256,9 @@ def command_run(
     as_of: str | None = None,
 ) -> int:
     from jobs_pipeline.definitions import defs
+    from jobs_pipeline.formats import display_name
     from jobs_pipeline.interfaces.launch import LaunchError, plan_launch
-    from jobs_pipeline.resources.database import create_app_engine
-    from jobs_pipeline.steps.reporting import seed_name
+    from jobs_pipeline.storage.engine import create_app_engine
 
     job_name = resolve_job_name(job)
     job_def = defs.resolve_job_def(job_name)
@@ -287,7 +282,7 @@ def command_run(
     except LaunchError as error:
         raise UsageError(str(error)) from None
     except DatabaseUnreachable as error:
-        print(f"[{seed_name(job_name)}] {error}", file=sys.stderr)
+        print(f"[{display_name(job_name)}] {error}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         app_engine.dispose()
@@ -315,11 +310,12 @@ def start_and_report(job: Any, plan: Any) -> int:
     """Starts the run through the instance (its queue when a daemon serves it), says
     where on stderr, waits for it and prints its `Result:` line on stdout.
     """
+    from jobs_pipeline.formats import display_name
     from jobs_pipeline.interfaces.launch import open_instance
     from jobs_pipeline.jobs.undo import describe_left
-    from jobs_pipeline.steps.reporting import result_json, seed_name
+    from jobs_pipeline.steps.reporting import result_json
 
-    name = seed_name(job.name)
+    name = display_name(job.name)
     with open_instance() as instance:
         outcome = start_run(instance, job, plan, name)
     if outcome is None:
@@ -338,11 +334,11 @@ def start_and_report(job: Any, plan: Any) -> int:
 def start_run(instance: Any, job: Any, plan: Any, name: str) -> Any:
     import uuid
 
+    from jobs_pipeline.instance.run_outcomes import wait_for_outcome
     from jobs_pipeline.interfaces.launch import (
         RunQueue,
         daemon_serves,
         execute_here,
-        wait_for_outcome,
     )
 
     who = f"cli:{getpass.getuser()}"
@@ -398,23 +394,24 @@ def run_link(instance: Any, run_id: str) -> str:
 def command_list() -> int:
     import dagster as dg
 
-    from jobs_pipeline.definitions import defs
-    from jobs_pipeline.steps.reporting import seed_name
+    from jobs_pipeline.formats import display_name
+    from jobs_pipeline.interfaces.launch import job_catalog, schedules_by_job
+    from jobs_pipeline.steps.scheduling import priority_of
 
     prepare_app_database(schema=False)
     has_history = bool(os.environ.get("DAGSTER_HOME"))
     if has_history:
         fill_environment(dagster_storage=True)
     instance = dg.DagsterInstance.get() if has_history else None
-    schedules = {
-        s.job_name: s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)
-    }
+    schedules = schedules_by_job()
     rows = [("JOB", "DAGSTER JOB", "SCHEDULE (UTC)", "PRIORITY", "LAST RUN")]
-    for job_name in job_names():
+    for job_name, job in job_catalog().items():
         schedule = schedules.get(job_name)
         cron = str(schedule.cron_schedule) if schedule else "-"
-        priority = defs.resolve_job_def(job_name).tags.get("priority", "-")
-        rows.append((seed_name(job_name), job_name, cron, priority, last_run(instance, job_name)))
+        priority = priority_of(job.tags) or "-"
+        rows.append(
+            (display_name(job_name), job_name, cron, priority, last_run(instance, job_name))
+        )
     print_table(rows)
     if not has_history:
         print(
@@ -425,19 +422,22 @@ def command_list() -> int:
 
 
 def last_run(instance: Any, job_name: str) -> str:
-    import dagster as dg
+    """`SUCCESS at 2026-01-03 00:15 UTC (1a2b3c4d)`, with `dry run` before a dry run's."""
+    from datetime import UTC, datetime
+
+    from jobs_pipeline.interfaces.launch import latest_run
+    from jobs_pipeline.steps.writers import DRY_RUN_TAG
 
     if instance is None:
         return "-"
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name), limit=1)
-    if not runs:
+    record = latest_run(instance, job_name)
+    if record is None:
         return "never"
-    record = instance.get_run_record_by_id(runs[0].run_id)
-    when = record.start_time or record.create_timestamp.timestamp() if record else None
-    from datetime import UTC, datetime
-
-    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "?"
-    return f"{runs[0].status.value} at {stamp} ({runs[0].run_id[:8]})"
+    run = record.dagster_run
+    when = record.start_time or record.create_timestamp.timestamp()
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    kind = "dry run " if run.tags.get(DRY_RUN_TAG) == "true" else ""
+    return f"{kind}{run.status.value} at {stamp} ({run.run_id[:8]})"
 
 
 # -- demo-data ---------------------------------------------------------------------------
@@ -479,7 +479,7 @@ def command_demo_data() -> int:
 def command_db_upgrade() -> int:
     from sqlalchemy import exc
 
-    from jobs_pipeline.resources.database import first_line
+    from jobs_pipeline.formats import first_line
     from jobs_pipeline.storage.app_database_setup import (
         AppTablesMissing,
         require_app_tables,
@@ -558,7 +558,7 @@ def command_metrics(host: str, port: int) -> int:
 
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.operations.metrics import metrics_registry, serve
-    from jobs_pipeline.resources.database import create_app_engine
+    from jobs_pipeline.storage.engine import create_app_engine
 
     deployment_instance_environment("metrics")
     engine = create_app_engine(os.environ["DATABASE_URL"])
@@ -598,8 +598,8 @@ def command_undo(run_id: str, *, dry_run: bool) -> int:
 def command_why(id_or_email: str) -> int:
     import uuid
 
-    from jobs_pipeline.jobs.discipline_stats_rollup import find_user
     from jobs_pipeline.storage.ledger import changes_to_user
+    from jobs_pipeline.storage.users import find_user
 
     engine = project_engine()
     try:
@@ -657,7 +657,7 @@ def print_changes(entries: list[Any]) -> None:
 
 def project_engine() -> Any:
     """The app database, its project schema current (upgraded when it is the embedded one)."""
-    from jobs_pipeline.resources.database import create_app_engine
+    from jobs_pipeline.storage.engine import create_app_engine
     from jobs_pipeline.storage.schema_migrations import require_current_schema
 
     prepare_app_database(schema=True)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,22 @@ import dagster as dg
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from jobs_pipeline.dagster_private import in_process_workspace, submit_run
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.instance.run_outcomes import (
+    RunOutcome,
+    first_failure_line,
+    record_operator_stop,
+    was_interrupted,
+)
 from jobs_pipeline.instance.status import job_pools
+from jobs_pipeline.jobs.discipline_stats_rollup import shard_of
+from jobs_pipeline.steps.guard import parse_as_of
 from jobs_pipeline.steps.reporting import result_of
+from jobs_pipeline.steps.scheduling import is_maintenance_job
 from jobs_pipeline.steps.writers import DRY_RUN_TAG
 from jobs_pipeline.storage.embedded import state_dir
+from jobs_pipeline.storage.users import find_user
 
 DEFINITIONS_MODULE = "jobs_pipeline.definitions"
 # The code location's name in every workspace (workspace.yaml, a deployment's).
@@ -41,7 +52,21 @@ PARTITION_TAG = "dagster/partition"
 # daemon that is not running.
 DAEMON_HEARTBEAT_FRESH_SECONDS = 90
 QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
-POLL_SECONDS = 0.5
+
+
+def job_catalog() -> dict[str, dg.JobDefinition]:
+    """Dagster job name -> job, in name order, for every job users run by name."""
+    jobs = sorted(defs.resolve_all_job_defs(), key=lambda job: job.name)
+    return {job.name: job for job in jobs if is_maintenance_job(job)}
+
+
+def schedules_by_job() -> dict[str, dg.ScheduleDefinition]:
+    return {s.job_name: s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)}
+
+
+def latest_run(instance: dg.DagsterInstance, job_name: str) -> dg.RunRecord | None:
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name), limit=1)
+    return records[0] if records else None
 
 
 class LaunchError(ValueError):
@@ -69,8 +94,6 @@ def plan_launch(
     takes it) narrows the run to that user's shard and that user; `as_of` (a dry run of
     a job whose rule follows the clock) evaluates the rule as if the run happened then.
     """
-    from jobs_pipeline.jobs.discipline_stats_rollup import find_user, shard_of
-
     extra: dict[str, Any] = {}
     tags = {DRY_RUN_TAG: "true"} if dry_run else {}
     if as_of is not None:
@@ -105,8 +128,6 @@ def checked_as_of(job: dg.JobDefinition, as_of: str, *, dry_run: bool) -> str:
     """`as_of` as given, once it is known to be a timestamp the run will accept: refused
     here, the caller gets a usage error (exit 2, or 400) instead of a failed run.
     """
-    from jobs_pipeline.steps.guard import parse_as_of
-
     if not takes_option(job, "as_of"):
         raise LaunchError(
             "--as-of applies only to tier-expiration, global-override-check, promo-cleanup"
@@ -146,137 +167,6 @@ def config_fields(definition: Any) -> dict[str, Any]:
     if schema is None:
         return {}
     return dict(getattr(schema.as_field().config_type, "fields", {}) or {})
-
-
-# -- reading a run's outcome ----------------------------------------------------------------
-
-
-def first_failure_line(events: Iterable[dg.DagsterEvent]) -> str:
-    """A step's `Failure` description when there is one, else the innermost error of
-    the first failed step or resource (a bad DATABASE_URL fails the resource), else
-    the run's own failure message (a run stopped for exceeding its maximum runtime).
-    """
-    run_failure = crash = ""
-    for event in events:
-        if is_crash_explanation(event):
-            crash = crash or crash_explanation(event)
-        if event.is_step_failure:
-            failure = event.step_failure_data
-            if failure.user_failure_data is not None and failure.user_failure_data.description:
-                return str(failure.user_failure_data.description)
-            return innermost_message(failure.error)
-        if event.event_type == dg.DagsterEventType.RESOURCE_INIT_FAILURE:
-            return innermost_message(getattr(event.event_specific_data, "error", None))
-        if event.event_type in RUN_ENDED_BADLY and event.message:
-            run_failure = run_failure or event.message.strip().splitlines()[0]
-    return crash or run_failure or "the run failed"
-
-
-RUN_ENDED_BADLY = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
-# What the code server records when a run's process died under it: "[DagsterApiServer] Run
-# execution process for <run id> was terminated by signal 9 (SIGKILL)." (the run's failure
-# itself only says it "has been marked as failed from outside the execution context").
-CRASH_PREFIX = "Run execution process for"
-
-
-def is_crash_explanation(event: dg.DagsterEvent) -> bool:
-    return event.event_type == dg.DagsterEventType.ENGINE_EVENT and (
-        crash_explanation(event).startswith(CRASH_PREFIX)
-    )
-
-
-def crash_explanation(event: dg.DagsterEvent) -> str:
-    """The event's first line without the "[ClassName] " Dagster puts before it."""
-    lines = (event.message or "").strip().splitlines()
-    first = lines[0] if lines else ""
-    return first.split("] ", 1)[1] if first.startswith("[") and "] " in first else first
-
-
-def record_operator_stop(instance: dg.DagsterInstance, run_id: str, who: str) -> None:
-    """Marks a run its operator stopped (Ctrl-C, SIGTERM) as canceled, as Dagster does a
-    run terminated from the UI: it was stopped on purpose, it did not fail. Dagster has
-    already recorded it as failed, interrupted (nothing marks an in-process run
-    canceling before its own handler takes the signal), so the failure alert skips a
-    run whose status is no longer FAILURE.
-    """
-    run = instance.get_run_by_id(run_id)
-    if run is not None:
-        instance.report_run_canceled(
-            run, message=f"Stopped midway by {who} (Ctrl-C or SIGTERM) in its own process."
-        )
-
-
-def was_interrupted(events: Iterable[dg.DagsterEvent]) -> bool:
-    """The run failed because its process was interrupted (Ctrl-C, SIGTERM), not its code."""
-    from dagster._core.events import RunFailureReason
-
-    return any(
-        event.event_type == dg.DagsterEventType.RUN_FAILURE
-        and getattr(event.event_specific_data, "failure_reason", None)
-        == RunFailureReason.UNEXPECTED_TERMINATION
-        for event in events
-    )
-
-
-def innermost_message(error: Any) -> str:
-    while error is not None and error.cause is not None:
-        error = error.cause
-    if error is None or not error.message.strip():
-        return "the run failed"
-    return str(error.message).strip().splitlines()[0]
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: str
-    status: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
-
-    @property
-    def success(self) -> bool:
-        return self.status == dg.DagsterRunStatus.SUCCESS.value
-
-
-FINISHED_STATUSES = {
-    dg.DagsterRunStatus.SUCCESS.value,
-    dg.DagsterRunStatus.FAILURE.value,
-    dg.DagsterRunStatus.CANCELED.value,
-}
-
-
-def outcome_of(instance: dg.DagsterInstance, run_id: str) -> RunOutcome | None:
-    """Where the run stands; its result or first error once it has finished."""
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        return None
-    status = run.status.value
-    if status not in FINISHED_STATUSES:
-        return RunOutcome(run_id=run_id, status=status)
-    events = [record.dagster_event for record in instance.all_logs(run_id) if record.dagster_event]
-    if status == dg.DagsterRunStatus.SUCCESS.value:
-        return RunOutcome(run_id=run_id, status=status, result=result_of(events))
-    return RunOutcome(run_id=run_id, status=status, error=first_failure_line(events))
-
-
-def wait_for_outcome(
-    instance: dg.DagsterInstance, run_id: str, *, timeout_seconds: float | None = None
-) -> RunOutcome:
-    """The run's outcome once it has finished, or where it stands at the timeout."""
-    give_up = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-    while True:
-        outcome = outcome_of(instance, run_id)
-        assert outcome is not None, f"run {run_id} is not in the instance"
-        if outcome.finished or (give_up is not None and time.monotonic() >= give_up):
-            return outcome
-        time.sleep(POLL_SECONDS)
-
-
-# -- the instance ---------------------------------------------------------------------------
 
 
 def dev_home() -> Path:
@@ -332,8 +222,6 @@ def open_instance() -> Iterator[dg.DagsterInstance]:
 
 def project_pools() -> list[str]:
     """Every concurrency pool the project's ops name."""
-    from jobs_pipeline.definitions import defs
-
     return job_pools(defs.resolve_all_job_defs())
 
 
@@ -370,8 +258,7 @@ class RunQueue:
 
     The code location is loaded in this process under the deployment's location name,
     so the daemon launches the run from its own copy of that location (a code server in
-    a deployment). Dagster has no public Python API for this: these are the calls its
-    own `dagster job launch` makes (1.13.27), kept here in one place.
+    a deployment). Dagster has no public Python API for this (see `dagster_private`).
     """
 
     def __init__(self, instance: dg.DagsterInstance):
@@ -380,22 +267,8 @@ class RunQueue:
         self._workspace: Any = None
 
     def __enter__(self) -> RunQueue:
-        from dagster._core.remote_origin import InProcessCodeLocationOrigin
-        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-        from dagster._core.workspace.context import WorkspaceProcessContext
-        from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-
-        origin = InProcessCodeLocationOrigin(
-            LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
-            location_name=LOCATION_NAME,
-        )
         self._workspace = self._stack.enter_context(
-            WorkspaceProcessContext(
-                self.instance,
-                InProcessWorkspaceLoadTarget([origin]),
-                version=dg.__version__,
-                read_only=False,
-            )
+            in_process_workspace(self.instance, DEFINITIONS_MODULE, LOCATION_NAME)
         )
         return self
 
@@ -404,47 +277,10 @@ class RunQueue:
 
     def submit(self, job_name: str, plan: LaunchPlan, *, triggered_by: str) -> str:
         """Creates the run with its job's tags and the plan's, queues it, returns its id."""
-        from dagster._core.definitions.selector import JobSubsetSelector
-
-        request = self._workspace.create_request_context()
-        location = request.get_code_location(LOCATION_NAME)
-        (repository,) = location.get_repositories().values()
-        job = location.get_job(
-            JobSubsetSelector(
-                location_name=LOCATION_NAME,
-                repository_name=repository.name,
-                job_name=job_name,
-                op_selection=None,
-            )
+        tags = {**plan.tags, TRIGGERED_BY_TAG: triggered_by}
+        return submit_run(
+            self.instance, self._workspace, LOCATION_NAME, job_name, plan.run_config, tags
         )
-        plan_snapshot = location.get_execution_plan(
-            job,
-            plan.run_config,
-            step_keys_to_execute=None,
-            known_state=None,
-            instance=self.instance,
-        ).execution_plan_snapshot
-        run = self.instance.create_run(
-            job_name=job_name,
-            run_id=None,
-            run_config=plan.run_config,
-            resolved_op_selection=None,
-            step_keys_to_execute=plan_snapshot.step_keys_to_execute,
-            op_selection=None,
-            status=None,
-            root_run_id=None,
-            parent_run_id=None,
-            tags={**job.tags, **plan.tags, TRIGGERED_BY_TAG: triggered_by},
-            job_snapshot=job.job_snapshot,
-            execution_plan_snapshot=plan_snapshot,
-            parent_job_snapshot=job.parent_job_snapshot,
-            remote_job_origin=job.get_remote_origin(),
-            job_code_origin=job.get_python_origin(),
-            asset_selection=None,
-            asset_check_selection=None,
-            asset_graph=repository.asset_graph,
-        )
-        return self.instance.submit_run(run.run_id, request).run_id
 
     def cancel_if_queued(self, run_id: str) -> bool:
         """Takes a run that has not started off the queue; a started one goes on."""

@@ -59,18 +59,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from jobs_pipeline.formats import display_name, first_line, iso_utc
 from jobs_pipeline.resources.database import (
     AppDatabase,
-    create_app_engine,
-    first_line,
     is_connection_loss,
 )
 from jobs_pipeline.steps.reporting import (
     JobReport,
     JobResult,
-    iso_utc,
     result_metadata,
-    seed_name,
 )
 from jobs_pipeline.steps.scheduling import job_tags
 from jobs_pipeline.steps.writers import job_step, writer_pool
@@ -82,6 +79,8 @@ from jobs_pipeline.storage.app_tables import (
     user_discipline_stats,
     users,
 )
+from jobs_pipeline.storage.engine import create_app_engine
+from jobs_pipeline.storage.users import find_user
 
 JOB_NAME = "discipline_stats_rollup"
 ASSET_KEY = dg.AssetKey("user_discipline_stats")
@@ -433,19 +432,6 @@ def evaluate_checks(db: AppDatabase, scope: Scope) -> list[dg.AssetCheckResult]:
     ]
 
 
-def find_user(connection: Connection, id_or_email: str) -> uuid.UUID:
-    """The id of the user named by id or email; a clear error when there is none."""
-    needle = id_or_email.strip()
-    try:
-        condition = users.c.id == uuid.UUID(needle)
-    except ValueError:
-        condition = func.lower(users.c.email) == needle.lower()
-    found = connection.execute(select(users.c.id).where(condition).limit(2)).scalars().all()
-    if len(found) != 1:
-        raise LookupError(f"no user with id or email {needle!r}")
-    return found[0]
-
-
 def prepare_transaction(connection: Connection, config: RollupConfig) -> None:
     """A bigger time limit and aggregate memory for this one transaction only."""
     connection.execute(
@@ -530,7 +516,7 @@ def user_discipline_stats_asset(
 
 
 def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppDatabase) -> Any:
-    report = JobReport(context.op_execution_context, seed_name(JOB_NAME))
+    report = JobReport(context.op_execution_context, display_name(JOB_NAME))
     scope = resolve_scope(context, config, db)
     now = db.now()
     if config.dry_run:

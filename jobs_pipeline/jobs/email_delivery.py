@@ -16,14 +16,13 @@ from pydantic import Field
 from sqlalchemy import Connection, Row, and_, func, select, update
 
 from jobs_pipeline.emails.rendering import render
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.steps.reporting import (
     DryRunConfig,
     JobReport,
     JobResult,
-    iso_utc,
-    seed_name,
 )
 from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
 from jobs_pipeline.steps.writers import job_step, writer_pool
@@ -221,7 +220,7 @@ def deliver_emails(
     """Sends the outbox's due emails (SMTP, or .eml files without SMTP), one at a time;
     a failed send is retried later with backoff, and gives up after `max_attempts`.
     """
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     # The outbox is the project's own table, whose claims keep senders apart: no lock.
     with job_step(context, db, writes=(), dry_run=config.dry_run):
         if config.dry_run:

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.jobs import (
     global_override_check,
     promo_cleanup,
@@ -35,7 +36,7 @@ from jobs_pipeline.resources.alerting import Alert, AlertChannels, deliver, tag_
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.steps.guard import Change, Learned, blast_radius_refusal, number
 from jobs_pipeline.steps.normal import Normal, learned_normal
-from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.reporting import JobReport, JobResult
 from jobs_pipeline.steps.scheduling import TOOL_TAG, job_tags, next_tick, utc_schedule
 
 JOB_NAME = "tonight_forecast"
@@ -97,7 +98,7 @@ class Forecast:
 
     @property
     def command(self) -> str:
-        return f"jobs-pipeline run {seed_name(self.job)} --dry-run --as-of {iso_utc(self.tick)}"
+        return f"jobs-pipeline run {display_name(self.job)} --dry-run --as-of {iso_utc(self.tick)}"
 
     def summary(self) -> str:
         """What the run would do: each count against its normal, or the rule's note."""
@@ -107,7 +108,7 @@ class Forecast:
     def line(self) -> str:
         """The log's one line for the job, ending `: ABNORMAL` or `: normal`."""
         verdict = "ABNORMAL" if self.abnormal else "normal"
-        return f"{seed_name(self.job)} at {iso_utc(self.tick)}: {self.summary()}: {verdict}"
+        return f"{display_name(self.job)} at {iso_utc(self.tick)}: {self.summary()}: {verdict}"
 
     def headline(self) -> str:
         """The alert's text: the numbers, why they are abnormal, and the command to look closer."""
@@ -361,7 +362,7 @@ def alert_abnormal(
         done = deliveries.done(f, ["log", *alerts.configured()])
         record = deliveries.recorder(f)
         down = deliver(alert, alerts, context.log.warning, delivered=done, record=record)
-        failed.extend(f"{seed_name(f.job)}: {channel}" for channel in down)
+        failed.extend(f"{display_name(f.job)}: {channel}" for channel in down)
     return failed
 
 
@@ -374,7 +375,7 @@ def forecast_tonight(
     scheduled runs) and its fixed caps; an abnormal forecast alerts once per job and tick.
     Writes nothing.
     """
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     with db.retry_on_connection_loss():
         now = db.now()
         forecasts = [forecast(context.instance, db, s, rule, now) for s, rule in RULES]

@@ -14,9 +14,10 @@ from typing import Any
 import dagster as dg
 from sqlalchemy import Connection, delete, func, literal, select
 
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.reporting import JobReport, JobResult
 from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
 from jobs_pipeline.steps.writers import job_step, writer_pool
 from jobs_pipeline.storage import ledger
@@ -179,7 +180,7 @@ def check_override(
     as_of: datetime | None,
 ) -> dg.Output[JobResult]:
     """`as_of` (dry runs only) stands in for the database's clock in the rule."""
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
     for _attempt in range(MAX_READS):

@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.steps.batching import locked_batch, run_batches
 from jobs_pipeline.steps.guard import (
@@ -40,8 +41,6 @@ from jobs_pipeline.steps.reporting import (
     LOG_LINE_CAP,
     JobReport,
     JobResult,
-    iso_utc,
-    seed_name,
 )
 from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
 from jobs_pipeline.steps.writers import job_step, writer_pool
@@ -261,7 +260,7 @@ def caps_of(
     config: PromoCleanupConfig, what: str, of_what: str, max_rows: int, share_floor: int
 ) -> Caps:
     return Caps(
-        job=seed_name(JOB_NAME),
+        job=display_name(JOB_NAME),
         what=what,
         out_of_what=of_what,
         max_rows=max_rows,
@@ -325,7 +324,7 @@ def clean_up(
     as_of: datetime | None,
 ) -> dg.Output[JobResult]:
     """`as_of` (dry runs only) stands in for the database's clock in both rules."""
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
     cutoff = now - timedelta(days=config.redemption_retention_days)
     pending = count_pending(db, now, cutoff)

@@ -29,7 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from jobs_pipeline.resources.database import AppDatabase, first_line, is_connection_loss
+from jobs_pipeline.formats import display_name, first_line, iso_utc
+from jobs_pipeline.resources.database import AppDatabase, is_connection_loss
 from jobs_pipeline.steps.batching import locked_batch
 from jobs_pipeline.steps.guard import (
     AsOfConfig,
@@ -44,8 +45,6 @@ from jobs_pipeline.steps.reporting import (
     LOG_LINE_CAP,
     JobReport,
     JobResult,
-    iso_utc,
-    seed_name,
 )
 from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
 from jobs_pipeline.steps.writers import job_step, writer_pool
@@ -318,7 +317,7 @@ class AllUpdatesFailed(Exception):
 
 def caps_of(config: TierExpirationConfig) -> Caps:
     return Caps(
-        job=seed_name(JOB_NAME),
+        job=display_name(JOB_NAME),
         what="downgrade paying users",
         out_of_what="paying users",
         max_rows=config.max_downgrades,
@@ -348,7 +347,7 @@ def expire_tiers(
     as_of: datetime | None,
 ) -> dg.Output[JobResult]:
     """`as_of` (dry runs only) stands in for the database's clock in the rule."""
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
     with db.transaction() as connection:
         if not config.dry_run:

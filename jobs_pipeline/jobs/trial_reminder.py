@@ -14,11 +14,12 @@ import dagster as dg
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, not_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.steps.reporting import JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.reporting import JobReport, JobResult
 from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
 from jobs_pipeline.steps.writers import job_step, writer_pool
 from jobs_pipeline.storage.app_tables import users
@@ -112,7 +113,7 @@ def send_trial_reminders(
     once per user and trial end, skipping paying users, then delivers the outbox. A dry
     run may take `as_of`: the reminders that would be due then and are not queued yet.
     """
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     as_of = requested_as_of(config)
     # The outbox is the project's own table, whose claims keep senders apart: no lock.
     with job_step(context, db, writes=(), dry_run=config.dry_run):

@@ -19,8 +19,9 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy import Connection, Table, select, text
 
+from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.steps.reporting import LOG_LINE_CAP, JobReport, JobResult, iso_utc, seed_name
+from jobs_pipeline.steps.reporting import LOG_LINE_CAP, JobReport, JobResult
 from jobs_pipeline.steps.scheduling import TOOL_TAG, job_tags
 from jobs_pipeline.steps.writers import job_step
 from jobs_pipeline.storage.app_tables import app_metadata
@@ -233,7 +234,7 @@ def undo_changes(
 def undo_recorded_changes(
     context: dg.OpExecutionContext, config: UndoConfig, db: AppDatabase
 ) -> dg.Output[JobResult]:
-    report = JobReport(context, seed_name(JOB_NAME))
+    report = JobReport(context, display_name(JOB_NAME))
     now = db.now()
     with db.engine.connect() as connection:
         transaction = connection.begin()

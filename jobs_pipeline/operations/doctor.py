@@ -17,9 +17,10 @@ import dagster as dg
 import yaml
 from sqlalchemy import Engine
 
+from jobs_pipeline.dagster_private import CODE_SERVER_TAG, code_server_load_error
+from jobs_pipeline.formats import display_name
 from jobs_pipeline.instance.run_workers import (
     DEFAULT_WORKER_GONE_AFTER_SECONDS,
-    GRPC_INFO_TAG,
     workers_alive,
 )
 from jobs_pipeline.instance.status import (
@@ -34,10 +35,9 @@ from jobs_pipeline.instance.status import (
     waiting_runs,
 )
 from jobs_pipeline.resources.alerting import redact
-from jobs_pipeline.resources.database import create_app_engine
-from jobs_pipeline.steps.reporting import seed_name
 from jobs_pipeline.steps.scheduling import success_overdue_after, waiting_alert_after
 from jobs_pipeline.storage.app_database_setup import missing_app_tables
+from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.outbox import outbox_backlog
 from jobs_pipeline.storage.schema_migrations import current_revision, head_revision
 
@@ -149,22 +149,12 @@ def grpc_servers(workspace: Path | None) -> list[tuple[str, int]]:
 
 
 def code_server_problem(host: str, port: int) -> str | None:
-    """None when the code server answers and lists its repository; else what is wrong.
-    Dagster has no public client for a code server: these are the calls its own
-    `dagster api grpc-health-check` and webserver make (1.13).
-    """
-    from dagster._grpc.client import DagsterGrpcClient
-    from dagster._serdes import deserialize_value
-    from dagster._utils.error import SerializableErrorInfo
-
-    client = DagsterGrpcClient(host=host, port=port)
+    """None when the code server answers and lists its repository; else what is wrong."""
     try:
-        answer = deserialize_value(client.list_repositories())
+        load_error = code_server_load_error(host, port)
     except Exception as error:
         return f"does not answer ({type(error).__name__})"
-    if isinstance(answer, SerializableErrorInfo):
-        return f"fails to load the code: {answer.message.strip().splitlines()[0]}"
-    return None
+    return None if load_error is None else f"fails to load the code: {load_error}"
 
 
 # -- storage ----------------------------------------------------------------------------------
@@ -226,7 +216,7 @@ def check_started_runs(deployment: Deployment) -> Iterable[Finding]:
         r
         for r in records
         if r.dagster_run.status == dg.DagsterRunStatus.STARTED
-        and GRPC_INFO_TAG in r.dagster_run.tags
+        and CODE_SERVER_TAG in r.dagster_run.tags
         and r.start_time is not None
         and now - r.start_time > RECHECK_GRACE_SECONDS
     ]
@@ -234,7 +224,7 @@ def check_started_runs(deployment: Deployment) -> Iterable[Finding]:
     bad = False
     for record in records:
         run = record.dagster_run
-        name = f"run {run.run_id} ({seed_name(run.job_name)})"
+        name = f"run {run.run_id} ({display_name(run.job_name)})"
         if alive.get(run.run_id) is False:
             bad = True
             yield fail(
@@ -264,7 +254,7 @@ def check_waiting_runs(deployment: Deployment) -> Iterable[Finding]:
     late = [w for w in waiting if w.waited(now) > waiting_alert_after(w.run.tags)]
     for w in late:
         yield fail(
-            f"run {w.run.run_id} ({seed_name(w.run.job_name)}) has waited {age(w.waited(now))}"
+            f"run {w.run.run_id} ({display_name(w.run.job_name)}) has waited {age(w.waited(now))}"
             f" for {w.waits_for}"
         )
     if not late:
@@ -294,19 +284,19 @@ def check_last_successes(deployment: Deployment) -> Iterable[Finding]:
     for job_name, schedule in sorted(job_schedules(deployment.defs).items()):
         history = job_history(deployment.instance, job_name)
         if history.last_success is None or history.last_success.end_time is None:
-            fine.append(f"{seed_name(job_name)} never yet")
+            fine.append(f"{display_name(job_name)} never yet")
             continue
         since = deployment.now - history.last_success.end_time
         overdue_after = success_overdue_after(schedule)
         if since > overdue_after:
             yield fail(
-                f"{seed_name(job_name)} last succeeded {age(since)} ago"
+                f"{display_name(job_name)} last succeeded {age(since)} ago"
                 f" ({utc(history.last_success.end_time)}); its schedule"
                 f" `{schedule.cron_schedule}` expects one within {age(overdue_after)}: see its"
                 " last runs in the UI (failed? schedule off?)"
             )
         else:
-            fine.append(f"{seed_name(job_name)} {age(since)} ago")
+            fine.append(f"{display_name(job_name)} {age(since)} ago")
     if fine:
         yield ok(f"last successes: {', '.join(fine)}")
 

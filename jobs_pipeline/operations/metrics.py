@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, func, select
 
+from jobs_pipeline.formats import first_line
 from jobs_pipeline.instance.status import (
     JobHistory,
     Pool,
@@ -58,7 +59,6 @@ from jobs_pipeline.jobs import (
     trial_reminder,
 )
 from jobs_pipeline.resources.alerting import redact
-from jobs_pipeline.resources.database import first_line
 from jobs_pipeline.sensors.monitoring import FAILURE_RATE_WINDOW, failure_rate
 from jobs_pipeline.steps.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.steps.scheduling import is_maintenance_job, success_overdue_after

@@ -19,6 +19,8 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from jobs_pipeline.definitions import defs
+from jobs_pipeline.instance.status import job_pools
 from jobs_pipeline.storage.app_database_setup import (
     AppTablesMissing,
     create_app_schema,
@@ -119,8 +121,6 @@ def prepare_app_database(
 
 def prepare_instance(instance: dg.DagsterInstance, write: Callable[[str], Any]) -> None:
     """Dagster's tables (made when the instance first opens), and each pool's limit row."""
-    from jobs_pipeline.interfaces.launch import project_pools
-
     storage = instance.event_log_storage
     if instance.is_ephemeral or not storage.supports_global_concurrency_limits:
         raise SetupRefused(
@@ -128,7 +128,7 @@ def prepare_instance(instance: dg.DagsterInstance, write: Callable[[str], Any]) 
             " must be the project's (PostgreSQL storage, DAGSTER_POSTGRES_URL)"
         )
     limits = {limit.name: limit.limit for limit in storage.get_pool_limits()}
-    for pool in project_pools():
+    for pool in job_pools(defs.resolve_all_job_defs()):
         if pool in limits:
             write(f"pool {pool}: limit {limits[pool]} (kept)")
         else:

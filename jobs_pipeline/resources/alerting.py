@@ -20,8 +20,8 @@ import dagster as dg
 from pydantic import Field
 from sqlalchemy.engine import make_url
 
+from jobs_pipeline.formats import display_name, first_line, iso_utc
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.steps.reporting import iso_utc, seed_name
 
 SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL", "HEARTBEAT_URL")
 URL_VARIABLES = ("DATABASE_URL", "DAGSTER_POSTGRES_URL")
@@ -64,11 +64,11 @@ class Alert:
     def subject(self) -> str:
         """The whole run id, so the run can be found (`why`, `undo`, the UI) from the subject."""
         run = f" (run {self.run_id})" if self.run_id else ""
-        return f"[jobs-pipeline] {seed_name(self.job_name)} {self.kind}{run}"
+        return f"[jobs-pipeline] {display_name(self.job_name)} {self.kind}{run}"
 
     @property
     def text(self) -> str:
-        lines = [f"{seed_name(self.job_name)} {self.kind}: {self.headline}"]
+        lines = [f"{display_name(self.job_name)} {self.kind}: {self.headline}"]
         if self.run_id:
             lines.append(f"Run {self.run_id} at {iso_utc(self.at)}")
         else:
@@ -168,15 +168,11 @@ def deliver(
             channels.send(channel, alert)
         except Exception as error:
             failed.append(channel)
-            log(f"Alert via {channel} failed, to be retried: {redact(first_line(error))}")
+            reason = redact(first_line(error, with_type=True))
+            log(f"Alert via {channel} failed, to be retried: {reason}")
             continue
         record(channel)
     return failed
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 # -- alerts about a run, recorded on the run -------------------------------------------------

@@ -15,45 +15,9 @@ from datetime import datetime
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
-from sqlalchemy import Connection, Engine, create_engine, exc, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, exc, func, select, text
 
-APPLICATION_NAME = "jobs_pipeline"
-
-
-def app_engine_url(url: str) -> str:
-    """Pins the app database to psycopg 3, whatever driver the URL names or omits.
-
-    SQLAlchemy 2.0 reads a bare `postgresql://` as psycopg2 and 2.1 as psycopg 3;
-    naming the driver keeps the behaviour the same on both.
-    """
-    parsed = make_url(url)
-    # libpq and many hosts also spell the scheme `postgres://`.
-    if parsed.get_backend_name() not in ("postgresql", "postgres"):
-        raise ValueError(
-            f"DATABASE_URL must be a PostgreSQL URL (postgresql://...), not {parsed.drivername!r}"
-        )
-    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-
-
-def create_app_engine(
-    url: str, *, statement_timeout_ms: int = 60_000, lock_timeout_ms: int = 2_000
-) -> Engine:
-    return create_engine(
-        app_engine_url(url),
-        pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=2,
-        connect_args={
-            "application_name": APPLICATION_NAME,
-            "options": (
-                f"-c statement_timeout={int(statement_timeout_ms)}"
-                f" -c lock_timeout={int(lock_timeout_ms)}"
-                " -c idle_in_transaction_session_timeout=300000"
-            ),
-        },
-    )
-
+from jobs_pipeline.storage.engine import APPLICATION_NAME, create_app_engine
 
 # SQLSTATE classes that mean the connection, not the statement, failed: 08 (connection
 # exception) and the server shutting down or starting up (57P01-57P03).
@@ -72,12 +36,6 @@ def is_connection_loss(error: exc.DBAPIError) -> bool:
     if sqlstate is None:
         return isinstance(error, exc.OperationalError)
     return sqlstate.startswith(CONNECTION_SQLSTATES)
-
-
-def first_line(error: BaseException) -> str:
-    """An error's first line, without the SQL and parameters SQLAlchemy appends."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # The advisory-lock namespace of this project's writer locks (the first of the two keys).

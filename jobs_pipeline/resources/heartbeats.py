@@ -12,7 +12,7 @@ import urllib.request
 import dagster as dg
 from pydantic import Field
 
-from jobs_pipeline.steps.reporting import seed_name
+from jobs_pipeline.formats import display_name
 
 JOB_PLACEHOLDER = "{job}"
 
@@ -30,7 +30,7 @@ class Heartbeats(dg.ConfigurableResource):
     def ping(self, job_name: str) -> None:
         """A GET of the job's URL; raises on anything but a 2xx answer."""
         assert self.url
-        url = self.url.replace(JOB_PLACEHOLDER, seed_name(job_name))
+        url = self.url.replace(JOB_PLACEHOLDER, display_name(job_name))
         with urllib.request.urlopen(url, timeout=self.timeout_seconds) as answer:  # noqa: S310 - the operator's own URL
             if not 200 <= answer.status < 300:
                 raise RuntimeError(f"the heartbeat service answered {answer.status}")

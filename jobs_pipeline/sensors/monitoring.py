@@ -23,8 +23,9 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from jobs_pipeline.formats import iso_utc
+from jobs_pipeline.instance.run_outcomes import first_failure_line
 from jobs_pipeline.instance.status import job_pools, read_pools, waiting_runs
-from jobs_pipeline.interfaces.launch import first_failure_line
 from jobs_pipeline.resources.alerting import (
     Alert,
     AlertChannels,
@@ -34,7 +35,6 @@ from jobs_pipeline.resources.alerting import (
     pending_channels,
 )
 from jobs_pipeline.resources.heartbeats import Heartbeats
-from jobs_pipeline.steps.reporting import iso_utc
 from jobs_pipeline.steps.scheduling import (
     ALERT_AFTER_TAG,
     DEFAULT_ALERT_AFTER_SECONDS,

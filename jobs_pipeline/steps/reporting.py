@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -25,15 +24,6 @@ class DryRunConfig(dg.Config):
     """Run configuration every job accepts."""
 
     dry_run: bool = False
-
-
-def seed_name(job_name: str) -> str:
-    """The hyphenated name users see in the CLI and logs: `tier_expiration` -> `tier-expiration`."""
-    return job_name.replace("_", "-")
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def result_json(result: Mapping[str, Any]) -> str:

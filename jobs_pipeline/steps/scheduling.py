@@ -7,12 +7,22 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
-from dagster._utils.schedules import cron_string_iterator
+
+from jobs_pipeline.dagster_private import cron_ticks
 
 Priority = Literal["high", "medium", "low"]
 
 # Dagster's queue launches higher `dagster/priority` values first.
+PRIORITY_TAG = "dagster/priority"
 PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
+
+
+def priority_of(tags: Mapping[str, str]) -> Priority | None:
+    """The priority a job's `dagster/priority` tag stands for, as the CLI and API name it."""
+    value = tags.get(PRIORITY_TAG)
+    return next(
+        (name for name, number in PRIORITY_TAG_VALUES.items() if str(number) == value), None
+    )
 
 
 # A run still going after this long alerts once (the original design's "> 5 minutes").
@@ -60,8 +70,7 @@ def job_tags(
     if not 0 < alert_after_seconds < max_runtime_seconds:
         raise ValueError("a job's alert threshold must come before its maximum runtime")
     return {
-        "dagster/priority": str(PRIORITY_TAG_VALUES[priority]),
-        "priority": priority,
+        PRIORITY_TAG: str(PRIORITY_TAG_VALUES[priority]),
         "job_lock": job_name,
         ALERT_AFTER_TAG: str(alert_after_seconds),
         "dagster/max_runtime": str(max_runtime_seconds),
@@ -82,9 +91,7 @@ def utc_schedule(job: dg.JobDefinition, cron: str) -> dg.ScheduleDefinition:
 
 def next_tick(schedule: dg.ScheduleDefinition, now: datetime) -> datetime:
     """The schedule's first tick strictly after `now`, in UTC (Dagster's own cron reading)."""
-    ticks = cron_string_iterator(
-        now.timestamp(), str(schedule.cron_schedule), schedule.execution_timezone
-    )
+    ticks = cron_ticks(now, str(schedule.cron_schedule), schedule.execution_timezone)
     return next(tick for tick in ticks if tick > now).astimezone(UTC)
 
 

@@ -11,8 +11,8 @@ from importlib import resources
 
 from sqlalchemy import Connection, Engine, func, inspect, select
 
-from jobs_pipeline.resources.database import create_app_engine
 from jobs_pipeline.storage.app_tables import app_metadata, users
+from jobs_pipeline.storage.engine import create_app_engine
 
 # Laying a schema or demo data is one long transaction, unlike a job's statements.
 SETUP_STATEMENT_TIMEOUT_MS = 600_000

@@ -1,0 +1,20 @@
+"""The app's users as an operator names them: by id or by email."""
+
+import uuid
+
+from sqlalchemy import Connection, func, select
+
+from jobs_pipeline.storage.app_tables import users
+
+
+def find_user(connection: Connection, id_or_email: str) -> uuid.UUID:
+    """The id of the user named by id or email; a clear error when there is none."""
+    needle = id_or_email.strip()
+    try:
+        condition = users.c.id == uuid.UUID(needle)
+    except ValueError:
+        condition = func.lower(users.c.email) == needle.lower()
+    found = connection.execute(select(users.c.id).where(condition).limit(2)).scalars().all()
+    if len(found) != 1:
+        raise LookupError(f"no user with id or email {needle!r}")
+    return found[0]
