@@ -27,7 +27,7 @@ from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_sc
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
 from jobs_pipeline.jobs.undo import undo_run_job
-from jobs_pipeline.resources.alerting import AlertChannels
+from jobs_pipeline.resources.alerting import DEFAULT_WEBSERVER_URL, AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.heartbeats import Heartbeats
 from jobs_pipeline.resources.mail import Mailer
@@ -82,7 +82,7 @@ defs = dg.Definitions(
             mailer=mailer,
             email_to=optional_env("ALERT_EMAIL_TO"),
             webhook_url=optional_env("ALERT_WEBHOOK_URL"),
-            webserver_url=optional_env("DAGSTER_WEBSERVER_URL") or "http://127.0.0.1:3000",
+            webserver_url=optional_env("DAGSTER_WEBSERVER_URL") or DEFAULT_WEBSERVER_URL,
         ),
         "heartbeats": Heartbeats(url=optional_env("HEARTBEAT_URL")),
     },

@@ -27,6 +27,8 @@ from jobs_pipeline_tests.app_data import add_expired_user, add_user, db_now, set
 from jobs_pipeline_tests.deployment import Deployment, running_deployment
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, free_port, tail, wait_for_url
 
+pytestmark = pytest.mark.deployment
+
 
 @dataclass
 class Api:
@@ -39,9 +41,14 @@ class Api:
     deployment: Deployment
 
     def call(
-        self, method: str, path: str, token: str | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
     ) -> tuple[int, Any]:
-        return call(self.base, method, path, token, body)
+        return call(self.base, method, path, token, body, content_type)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -60,13 +67,18 @@ class Api:
 
 
 def call(
-    base: str, method: str, path: str, token: str | None = None, body: bytes | None = None
+    base: str,
+    method: str,
+    path: str,
+    token: str | None = None,
+    body: bytes | None = None,
+    content_type: str = "application/json",
 ) -> tuple[int, Any]:
     request = urllib.request.Request(base + path, data=body, method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     if body is not None:
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.load(response)
@@ -255,6 +267,42 @@ def test_bad_options_are_400(api, body):
     token = api.token_for("admin@example.com")
     status, answer = api.call("POST", "/api/admin/jobs/promo-cleanup", token=token, body=body)
     assert status == 400 and set(answer) == {"error"}
+
+
+def test_a_body_sent_as_a_form_is_told_to_be_json(api):
+    """`curl -d '{"dry_run": true}'` without a content type sends a form."""
+    token = api.token_for("admin@example.com")
+    status, answer = api.call(
+        "POST",
+        "/api/admin/jobs/promo-cleanup",
+        token=token,
+        body=b'{"dry_run": true}',
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert status == 400
+    assert answer == {
+        "error": "The body must be JSON, sent with Content-Type: application/json"
+        " (not application/x-www-form-urlencoded)"
+    }
+
+
+def test_an_option_refused_is_named_as_the_body_names_it(api):
+    token = api.token_for("admin@example.com")
+    real = b'{"as_of": "2026-01-04T02:00:00Z"}'
+    status, answer = api.call("POST", "/api/admin/jobs/promo-cleanup", token=token, body=real)
+    assert (status, answer) == (
+        400,
+        {
+            "error": "as_of applies only to dry runs (dry_run): a real run always uses the"
+            " database's clock"
+        },
+    )
+    wrong = b'{"user": "admin@example.com"}'
+    status, answer = api.call("POST", "/api/admin/jobs/promo-cleanup", token=token, body=wrong)
+    assert (status, answer) == (
+        400,
+        {"error": "user applies only to discipline-stats-rollup, not promo-cleanup"},
+    )
 
 
 def test_a_failed_run_is_500_with_its_reason_and_no_trace(api):

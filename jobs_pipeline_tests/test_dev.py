@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from jobs_pipeline_tests.dev_server import (
@@ -15,6 +16,8 @@ from jobs_pipeline_tests.dev_server import (
     wait_for_run,
 )
 from jobs_pipeline_tests.processes import answers_200, cli_environment, run_cli
+
+pytestmark = pytest.mark.slow
 
 SCHEDULES = {
     "tier_expiration": "15 0 * * *",
@@ -108,6 +111,8 @@ def test_dev_serves_the_jobs_with_demo_data_and_runs_them_through_the_queue(
         assert "queued on the instance in" in ran.stderr, ran.stderr[-3000:]
         cli_run_id = ran.stderr.split("Run ", 1)[1].split()[0]
         assert client.get_run_status(cli_run_id).value == "SUCCESS"
+        # Its link names dev's own port (a free one here, never the default 3000).
+        assert f"(http://127.0.0.1:{dev.port}/runs/{cli_run_id})" in ran.stderr, ran.stderr
         ui_runs = graphql(dev, CLI_RUNS)["runsOrError"]["results"]
         (shown,) = [run for run in ui_runs if run["runId"] == cli_run_id]
         tags = {tag["key"]: tag["value"] for tag in shown["tags"]}

@@ -212,6 +212,7 @@ class AdminApi:
                 allow_large=options.allow_large,
                 app_engine=self.app_engine,
                 as_of=options.as_of,
+                spell=str,  # the body's own keys: `as_of`, `dry_run`
             )
         except LaunchError as refusal:
             raise ApiError(400, str(refusal)) from None
@@ -445,9 +446,14 @@ async def api_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.status)
 
 
-async def bad_request(_request: Request, error: Exception) -> JSONResponse:
+async def bad_request(request: Request, error: Exception) -> JSONResponse:
     """A body that is not JSON, not an object, or holds an unknown or mistyped option."""
     assert isinstance(error, RequestValidationError)
+    sent_as = request.headers.get("content-type", "").split(";")[0].strip()
+    if sent_as and sent_as != "application/json":
+        # curl's `-d` alone sends a form: the body never reaches the options as JSON.
+        message = f"The body must be JSON, sent with Content-Type: application/json (not {sent_as})"
+        return JSONResponse({"error": message}, status_code=400)
     problems = []
     for problem in error.errors():
         if problem.get("type") == "json_invalid":

@@ -384,8 +384,9 @@ def start_run(instance: Any, job: Any, plan: Any, name: str) -> Any:
 def run_link(instance: Any, run_id: str) -> str:
     if instance.is_ephemeral:
         return ""
-    base = os.environ.get("DAGSTER_WEBSERVER_URL") or "http://127.0.0.1:3000"
-    return f" ({base.rstrip('/')}/runs/{run_id})"
+    from jobs_pipeline.resources.alerting import webserver_url
+
+    return f" ({webserver_url().rstrip('/')}/runs/{run_id})"
 
 
 # -- list --------------------------------------------------------------------------------
@@ -795,7 +796,11 @@ def prepare_dagster_home() -> Path:
 
 
 def command_dev(host: str, port: int) -> int:
-    from jobs_pipeline.interfaces.launch import open_instance, record_served_database
+    from jobs_pipeline.interfaces.launch import (
+        open_instance,
+        record_served_database,
+        record_served_webserver,
+    )
     from jobs_pipeline.storage.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.storage.schema_migrations import upgrade
 
@@ -812,6 +817,9 @@ def command_dev(host: str, port: int) -> int:
     record_served_database(home, app_url)
     with open_instance():
         pass  # creates the storage's tables and the pools' limits before the daemon runs
+    # Links in alerts, in the Launchpad and in `run`'s output name this UI's own port.
+    os.environ.setdefault("DAGSTER_WEBSERVER_URL", f"http://{host}:{port}")
+    record_served_webserver(home, os.environ["DAGSTER_WEBSERVER_URL"])
     command = dagster_dev_command(host, port)
     print(
         f"jobs-pipeline: Dagster UI on http://{host}:{port} (DAGSTER_HOME={home})\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 
 from jobs_pipeline.dagster_private import in_process_workspace, submit_run
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.formats import display_name
 from jobs_pipeline.instance.run_outcomes import (
     RunOutcome,
     first_failure_line,
@@ -69,6 +70,23 @@ def latest_run(instance: dg.DagsterInstance, job_name: str) -> dg.RunRecord | No
     return records[0] if records else None
 
 
+def cli_flag(option: str) -> str:
+    """How the command line spells a run option: `as_of` is `--as-of`."""
+    return "--" + option.replace("_", "-")
+
+
+def jobs_taking(option: str) -> str:
+    """The jobs that take the option, as users name them: `tier-expiration and promo-cleanup`."""
+    names = [display_name(name) for name, job in job_catalog().items() if takes_option(job, option)]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def not_taken(option: str, job: dg.JobDefinition, spell: Callable[[str], str]) -> LaunchError:
+    return LaunchError(
+        f"{spell(option)} applies only to {jobs_taking(option)}, not {display_name(job.name)}"
+    )
+
+
 class LaunchError(ValueError):
     """The launch request cannot be honoured (an option the job does not take, an unknown user)."""
 
@@ -89,24 +107,24 @@ def plan_launch(
     allow_large: bool = False,
     app_engine: Engine | None = None,
     as_of: str | None = None,
+    spell: Callable[[str], str] = cli_flag,
 ) -> LaunchPlan:
     """A partitioned job runs all its partitions in one run; `user` (only the rollup
     takes it) narrows the run to that user's shard and that user; `as_of` (a dry run of
     a job whose rule follows the clock) evaluates the rule as if the run happened then.
+    `spell` names an option in a refusal as the caller's interface does (a flag, a key).
     """
     extra: dict[str, Any] = {}
     tags = {DRY_RUN_TAG: "true"} if dry_run else {}
     if as_of is not None:
-        extra["as_of"] = checked_as_of(job, as_of, dry_run=dry_run)
+        extra["as_of"] = checked_as_of(job, as_of, dry_run=dry_run, spell=spell)
     if allow_large:
         if not takes_option(job, "allow_large"):
-            raise LaunchError(
-                f"--allow-large applies only to tier-expiration and promo-cleanup, not {job.name}"
-            )
+            raise not_taken("allow_large", job, spell)
         extra["allow_large"] = True
     if user is not None:
         if not takes_option(job, "user"):
-            raise LaunchError(f"--user applies only to discipline-stats-rollup, not {job.name}")
+            raise not_taken("user", job, spell)
         assert app_engine is not None, "looking a user up needs the app database"
         with app_engine.connect() as connection:
             try:
@@ -124,19 +142,18 @@ def plan_launch(
     return LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra), tags=tags)
 
 
-def checked_as_of(job: dg.JobDefinition, as_of: str, *, dry_run: bool) -> str:
+def checked_as_of(
+    job: dg.JobDefinition, as_of: str, *, dry_run: bool, spell: Callable[[str], str]
+) -> str:
     """`as_of` as given, once it is known to be a timestamp the run will accept: refused
     here, the caller gets a usage error (exit 2, or 400) instead of a failed run.
     """
     if not takes_option(job, "as_of"):
-        raise LaunchError(
-            "--as-of applies only to tier-expiration, global-override-check, promo-cleanup"
-            f" and trial-reminder, not {job.name}"
-        )
+        raise not_taken("as_of", job, spell)
     if not dry_run:
         raise LaunchError(
-            "--as-of applies only to dry runs (--dry-run): a real run always uses the"
-            " database's clock"
+            f"{spell('as_of')} applies only to dry runs ({spell('dry_run')}): a real run"
+            " always uses the database's clock"
         )
     try:
         parse_as_of(as_of)
@@ -190,6 +207,13 @@ def record_served_database(home: Path, app_url: str) -> None:
     (home / SERVED_DATABASE_FILE).write_text(database_identity(app_url) + "\n")
 
 
+SERVED_WEBSERVER_FILE = "webserver_url"
+
+
+def record_served_webserver(home: Path, url: str) -> None:
+    (home / SERVED_WEBSERVER_FILE).write_text(url + "\n")
+
+
 def adopt_dev_instance(app_url: str) -> Path | None:
     """With `DAGSTER_HOME` unset, the dev instance of this state folder, when there is one
     and it serves the same app database: it becomes `DAGSTER_HOME` for this process, so
@@ -204,6 +228,9 @@ def adopt_dev_instance(app_url: str) -> Path | None:
     if served.read_text().strip() != database_identity(app_url):
         return None
     os.environ["DAGSTER_HOME"] = str(home)
+    webserver = home / SERVED_WEBSERVER_FILE
+    if webserver.exists():  # its links name dev's UI, on whatever port dev serves it
+        os.environ.setdefault("DAGSTER_WEBSERVER_URL", webserver.read_text().strip())
     return home
 
 

@@ -88,6 +88,15 @@ class Alert:
         }
 
 
+# Where links in alerts and the CLI point when `DAGSTER_WEBSERVER_URL` is unset: `make
+# dev`'s UI on its default port (`jobs-pipeline dev --port` sets the variable to its own).
+DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
+
+
+def webserver_url() -> str:
+    return os.environ.get("DAGSTER_WEBSERVER_URL") or DEFAULT_WEBSERVER_URL
+
+
 class AlertChannels(dg.ConfigurableResource):
     """Where alerts go: `ALERT_EMAIL_TO` by mail, `ALERT_WEBHOOK_URL` as JSON; links
     point at `DAGSTER_WEBSERVER_URL`.
@@ -96,7 +105,7 @@ class AlertChannels(dg.ConfigurableResource):
     mailer: Mailer
     email_to: str | None = Field(default=None, description="Comma-separated recipients.")
     webhook_url: str | None = Field(default=None, description="POSTed {'text': ...} JSON.")
-    webserver_url: str = Field(default="http://127.0.0.1:3000")
+    webserver_url: str = Field(default=DEFAULT_WEBSERVER_URL)
     timeout_seconds: float = Field(default=10, gt=0)
 
     def configured(self) -> list[str]:
