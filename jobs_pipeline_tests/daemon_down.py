@@ -276,6 +276,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Starts the scenario as soon as its test is known to run, so its wait overlaps the
     tests before it.
     """
+    if session.config.option.collectonly:
+        return
     if any(item.nodeid.endswith(LIVE_TEST) for item in session.items):
         start_scenario(session.config)
 

@@ -17,6 +17,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from jobs_pipeline.storage.embedded import stop_server_on
+from jobs_pipeline_tests.deadlines import deadline
 from jobs_pipeline_tests.processes import (
     JOBS_PIPELINE,
     alive,
@@ -29,9 +30,9 @@ from jobs_pipeline_tests.processes import (
     wait_for_url,
 )
 
-STARTUP_DEADLINE_S = 120
-RUN_DEADLINE_S = 90
-SHUTDOWN_DEADLINE_S = 60
+STARTUP_DEADLINE_S = deadline(300)
+RUN_DEADLINE_S = deadline(300)
+SHUTDOWN_DEADLINE_S = deadline(180)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -27,6 +26,7 @@ from jobs_pipeline.sensors.monitoring import (
 )
 from jobs_pipeline.steps.scheduling import ALERT_AFTER_TAG
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
+from jobs_pipeline_tests.deadlines import finish, wait_until
 from jobs_pipeline_tests.receivers import SmtpServer, WebhookServer
 from jobs_pipeline_tests.running import evaluate_failure_alert, run_job
 
@@ -255,13 +255,15 @@ def test_a_slow_run_alerts_once_while_it_is_still_going(
     )
     runner.start()
     try:
-        deadline = time.monotonic() + 30
-        while not webhook_server.posts and time.monotonic() < deadline:
-            time.sleep(0.5)
+
+        def alerted() -> bool:
             evaluate(long_running_run_sensor, alert_instance, channels)
+            return bool(webhook_server.posts)
+
+        wait_until(alerted, 300, "the slow run's alert", interval=0.5)
         evaluate(long_running_run_sensor, alert_instance, channels)
     finally:
-        runner.join(timeout=60)
+        finish(runner, 600)
 
     assert finished["run"].success
     (post,) = webhook_server.posts

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 
 def run_bench(project_root, *args):
     return subprocess.run(

@@ -29,6 +29,8 @@ from jobs_pipeline_tests.processes import (
     wait_for_url,
 )
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 COMMAND_DEADLINE_S = 180
 STARTUP_DEADLINE_S = 120

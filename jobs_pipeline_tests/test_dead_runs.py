@@ -59,6 +59,8 @@ from jobs_pipeline_tests.journal_data import as_records, expected_stats, make_jo
 from jobs_pipeline_tests.processes import run_cli
 from jobs_pipeline_tests.receivers import WebhookServer
 
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
 # What the issue asks: the next run has done the work within 3 minutes of the fault.
 RECOVERY_DEADLINE_S = 180
 # The failure sensor ticks every 30 s; the redelivery sensor every 60 s.

@@ -14,6 +14,7 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS, shard_of
@@ -50,6 +51,8 @@ from jobs_pipeline_tests.deployed_runs import (
 )
 from jobs_pipeline_tests.deployment import DAGSTER, Deployment
 from jobs_pipeline_tests.journal_data import make_journals
+
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 # The daemon's backfill loop creates a backfill's run some seconds to half a minute later.
 BACKFILL_RUN_DEADLINE_S = 120

@@ -6,8 +6,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from jobs_pipeline_tests.deadlines import deadline
 from jobs_pipeline_tests.leftovers import GRACE_VARIABLE
 from jobs_pipeline_tests.processes import alive
+
+pytestmark = pytest.mark.slow
 
 LEAVES_BEHIND = """
 import socket
@@ -52,7 +57,7 @@ def session(folder: Path, test_source: str) -> subprocess.CompletedProcess[str]:
         },
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=deadline(900),
         check=False,
     )
 

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 
 from bench.generate import generate
@@ -15,6 +16,8 @@ from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.journal_data import expected_stats, stored_stats
 from jobs_pipeline_tests.running import job_result, run_job
+
+pytestmark = pytest.mark.slow
 
 USERS = 20_000
 FIGURES = Path(__file__).resolve().parents[1] / "build" / "reliability" / "live_app.json"

@@ -56,6 +56,8 @@ from jobs_pipeline_tests.deployment import REPOSITORY, Deployment
 from jobs_pipeline_tests.processes import JOBS_PIPELINE, cli_environment, free_port, wait_for_url
 from jobs_pipeline_tests.running import failure_message, job_result, run_job
 
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
 RULES = REPOSITORY / "deploy" / "prometheus" / "jobs-pipeline.rules.yml"
 RULE_TESTS = REPOSITORY / "deploy" / "prometheus" / "jobs-pipeline.rules.test.yml"
 EXAMPLE_CONFIG = REPOSITORY / "deploy" / "prometheus" / "prometheus.yml"

@@ -23,6 +23,7 @@ from jobs_pipeline_tests.app_data import (
     db_now,
     slow_trigger,
 )
+from jobs_pipeline_tests.deadlines import finish
 from jobs_pipeline_tests.journal_data import as_records, expected_stats, make_journals, stored_stats
 from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.processes import kill, start_job_process
@@ -90,7 +91,7 @@ def test_a_database_stopped_mid_rollup_retries_and_writes_every_row_once(own_pos
     time.sleep(1.0)  # inside the one statement, which writes a row every 10 ms
     stop(own_postgres)
     restarted = start_again(own_postgres)
-    thread.join(timeout=120)
+    finish(thread, 600)
 
     assert outcome["run"].success
     retried = instance.all_logs(
@@ -122,7 +123,7 @@ def test_a_database_stopped_mid_cleanup_deletes_only_what_should_go_once(own_pos
     engine.dispose()
     stop(own_postgres)
     restarted = start_again(own_postgres)
-    thread.join(timeout=120)
+    finish(thread, 600)
 
     assert outcome["run"].success
     engine = create_app_engine(restarted.url("app"))
@@ -221,7 +222,7 @@ def test_users_deleted_during_a_rollup_do_not_break_it(engine, db, instance):
         app.execute(delete(aims).where(aims.c.target_id.in_(target_ids)))
         app.execute(delete(targets).where(targets.c.user_id.in_(leaving)))
         app.execute(delete(users).where(users.c.id.in_(leaving)))
-    thread.join(timeout=120)
+    finish(thread, 600)
 
     assert outcome["run"].success
     assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))

@@ -12,6 +12,7 @@ from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, set_override, slow_trigger
+from jobs_pipeline_tests.deadlines import finish, wait_until
 from jobs_pipeline_tests.outages import start_again, stop
 from jobs_pipeline_tests.running import job_result, log_messages, run_job
 
@@ -67,7 +68,7 @@ def test_a_database_stopped_mid_run_is_retried_and_nothing_is_done_twice(own_pos
     wait_until_some_are_downgraded(url)
     stop(own_postgres)
     restarted = start_again(own_postgres)
-    runner.join(timeout=120)
+    finish(runner, 600)
 
     execution = outcome["run"]
     assert execution.success
@@ -90,16 +91,22 @@ def test_a_refused_connection_is_retried_until_the_database_is_back(own_postgres
         set_override(c, {"tier": "pro", "expires_at": expires})
     engine.dispose()
     stop(own_postgres)
-    db = AppDatabase(url=url, retry_delay_seconds=1.0, max_retries=5)
+    # Retried for as long as a restart can take on a loaded machine.
+    db = AppDatabase(url=url, retry_delay_seconds=3.0, max_retries=20)
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
     runner = threading.Thread(
         target=lambda: outcome.update(run=run_job(global_override_check_job, db, instance))
     )
 
     runner.start()
-    time.sleep(1.5)
+
+    def refused_once() -> bool:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=global_override_check_job.name))
+        return any(retries(instance, run.run_id) >= 1 for run in runs)
+
+    wait_until(refused_once, 300, "the run's first refused connection and retry")
     start_again(own_postgres)
-    runner.join(timeout=60)
+    finish(runner, 600)
 
     execution = outcome["run"]
     assert execution.success

@@ -333,6 +333,7 @@ def call_api(base: str, path: str, token: str) -> tuple[int, dict[str, Any]]:
         return error.code, json.load(error)
 
 
+@pytest.mark.deployment
 def test_no_secret_is_written_anywhere(
     setting: Setting,
     engine: Any,

@@ -25,6 +25,7 @@ from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.sensors.monitoring import alert_redelivery_sensor
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline_tests.app_data import add_expired_user, db_now, user_row
+from jobs_pipeline_tests.deadlines import as_a_terminals_job, deadline
 from jobs_pipeline_tests.dev_server import (
     SHUTDOWN_DEADLINE_S,
     STARTUP_DEADLINE_S,
@@ -40,6 +41,8 @@ from jobs_pipeline_tests.processes import (
     wait_for_url,
 )
 from jobs_pipeline_tests.running import evaluate_failure_alert
+
+pytestmark = pytest.mark.slow
 
 TAG_VARIABLE = "JOBS_PIPELINE_TEST_TAG"
 INTERRUPTED = 130  # a shell's code for a command stopped by SIGINT: 128 + 2
@@ -59,9 +62,9 @@ def tagged_environment(state_dir: Path) -> tuple[dict[str, str], str]:
     return cli_environment(state_dir, **{TAG_VARIABLE: tag}), tag
 
 
-def left_behind(tag: str, deadline_s: float = 30) -> list[Leftover]:
+def left_behind(tag: str, deadline_s: float = 60) -> list[Leftover]:
     """The tagged processes still alive once `deadline_s` has passed (none: at once)."""
-    give_up = time.monotonic() + deadline_s
+    give_up = time.monotonic() + deadline(deadline_s)
     while (left := processes_with(TAG_VARIABLE, tag)) and time.monotonic() < give_up:
         time.sleep(0.5)
     return left
@@ -87,6 +90,7 @@ def start_cli(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_a_terminals_job,
         )
 
 
@@ -112,6 +116,7 @@ def test_make_dev_leaves_nothing_running_after_a_stop(how, project_root, tmp_pat
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=as_a_terminals_job,
         )
     try:
         wait_for_url(f"http://127.0.0.1:{port}/server_info", make, log, STARTUP_DEADLINE_S)

@@ -40,6 +40,8 @@ from jobs_pipeline_tests.dev_server import (
     tail,
 )
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 CHROMIUM = Path("/usr/bin/chromium")
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps
 # knocking on this machine's closed network. Playwright gives it a fresh profile of its own.

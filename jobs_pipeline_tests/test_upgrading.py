@@ -46,6 +46,8 @@ from jobs_pipeline_tests.test_dead_runs import (
     ledger_rows,
 )
 
+pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+
 OLD_DESCRIPTION = "Clear an expired global tier override (hourly)."
 NEW_DESCRIPTION = "Clear an expired global tier override (hourly), as released today."
 
