@@ -1,6 +1,6 @@
 """Runs on the deployed topology, driven as the UI drives them: GraphQL, and gates.
 
-The fixtures give a test the topology of README.md's "Deploying"
+The fixtures give a test the topology of docs/deploying.md
 (`jobs_pipeline_tests.deployment`) on a fresh PostgreSQL storage, and the helpers start
 and read runs through the webserver's GraphQL API (what the UI sends).
 

@@ -1,6 +1,6 @@
 """The production topology started for a test: Dagster's own processes, each on its own.
 
-`running_deployment` does what README.md's "Deploying" section tells an operator to do,
+`running_deployment` does what docs/deploying.md tells an operator to do,
 with the same commands: `jobs-pipeline setup` (DAGSTER_HOME's files, the schema, the
 pools), the code location served over gRPC by `dagster code-server start`, then, once it
 answers, `dagster-webserver` and `dagster-daemon run` on the workspace file, on one PostgreSQL
@@ -289,7 +289,7 @@ DAEMONS_QUERY = """
 
 
 def set_up(deployment: Deployment) -> None:
-    """`jobs-pipeline setup`, as README.md's "Deploying" runs it first: DAGSTER_HOME's
+    """`jobs-pipeline setup`, as docs/deploying.md runs it first: DAGSTER_HOME's
     dagster.yaml and workspace file, the app's tables checked, the project's schema, and
     every pool's limit before any run (runs racing to create one crashed one, notes).
     """
@@ -331,7 +331,7 @@ def running_deployment(
     code_server_env: Mapping[str, str] | None = None,
     **env: str,
 ) -> Iterator[Deployment]:
-    """Dagster deployed as README.md says, in `folder`; stopped, all of it, on the way out.
+    """Dagster deployed as docs/deploying.md says, in `folder`; stopped, all of it, on the way out.
 
     `dagster_db_url` is Dagster's storage (`postgresql+psycopg2://`, an existing, empty
     database); `app_db_url` the app's database, which only the code server (and the run

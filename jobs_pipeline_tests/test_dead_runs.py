@@ -1,7 +1,7 @@
 """Runs whose process dies, on the deployed topology: nothing stays stuck, someone hears.
 (And a run left waiting behind a held slot is heard of too.)
 
-Each test starts the processes README.md's "Deploying" starts (code server, webserver,
+Each test starts the processes docs/deploying.md starts (code server, webserver,
 daemon; `jobs_pipeline_tests.deployment`), holds a real run mid-write at a gate, then
 does what production does to it: SIGKILL the process executing its steps, SIGKILL the
 code server's whole process group, restart Dagster's storage PostgreSQL. Each time:

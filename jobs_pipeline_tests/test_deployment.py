@@ -1,6 +1,6 @@
 """The deployed topology, for real: code server, webserver and daemon as separate processes.
 
-Each test starts what README.md's "Deploying" section tells an operator to start
+Each test starts what docs/deploying.md tells an operator to start
 (`jobs_pipeline_tests.deployment`): the code location over gRPC, the webserver and the
 daemon on a workspace file pointing at it, on a fresh PostgreSQL storage with the pools'
 limits set, the app database only in the code server's environment. Runs are started the

@@ -1,4 +1,4 @@
-"""Upgrading the code while runs are going, as README.md's "Upgrading the code" says.
+"""Upgrading the code while runs are going, as docs/deploying.md's "Upgrading the code" says.
 
 The code server serves a release of the project from a folder of its own (`PYTHONPATH`,
 as a deployment serves what it installed); a rollup and a tier-expiration run are held

@@ -515,7 +515,7 @@ def deployment_instance_environment(command: str) -> None:
     prepare_app_database(schema=False)
     if not os.environ.get("DAGSTER_HOME"):
         raise UsageError(
-            f"{command} works on a Dagster instance: set DAGSTER_HOME (README: Deploying), or"
+            f"{command} works on a Dagster instance: set DAGSTER_HOME (docs/deploying.md), or"
             " start `jobs-pipeline dev` first and it uses dev's"
         )
     fill_environment(dagster_storage=True)
@@ -758,7 +758,7 @@ def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
         engine.dispose()
         raise UsageError(
             "the admin API starts runs on a Dagster instance's queue: set DAGSTER_HOME"
-            " (README: Deploying), or start `jobs-pipeline dev` first and use its instance"
+            " (docs/deploying.md), or start `jobs-pipeline dev` first and use its instance"
         )
     fill_environment(dagster_storage=True)
     try:

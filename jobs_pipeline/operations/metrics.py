@@ -73,7 +73,7 @@ APP_DATABASE = "app_database"
 APP_STATEMENT_TIMEOUT_MS = 5_000
 JOB = "job_name"
 
-# The counts of each job's result, as `item` labels in snake_case (README: Results).
+# The counts of each job's result, as `item` labels in snake_case (docs/operations.md, "Results").
 RESULT_ITEMS: Mapping[str, Mapping[str, str]] = {
     tier_expiration.JOB_NAME: {
         "processed": "users_downgraded",

@@ -55,7 +55,7 @@ def set_up(
         prepare_instance(instance, write)
     write(
         "ready: start the code server, wait for it to answer, then the webserver and the"
-        " daemon (README: Deploying); `jobs-pipeline doctor` checks the lot"
+        " daemon (docs/deploying.md); `jobs-pipeline doctor` checks the lot"
     )
 
 
