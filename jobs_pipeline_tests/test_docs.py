@@ -13,7 +13,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs_pipeline.interfaces.cli import UsageError, build_parser, resolve_job_name
+from jobs_pipeline.interfaces.cli.common import UsageError
+from jobs_pipeline.interfaces.cli.parser import build_parser
+from jobs_pipeline.interfaces.cli.runs import resolve_job_name
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"

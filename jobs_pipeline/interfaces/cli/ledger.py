@@ -1,0 +1,78 @@
+"""`undo` and `why`: what a run changed, taken back or explained."""
+
+from datetime import UTC
+from typing import Any
+
+from jobs_pipeline.interfaces.cli.common import UsageError
+from jobs_pipeline.interfaces.cli.runs import start_and_report
+from jobs_pipeline.interfaces.cli.tokens import project_engine
+
+
+def command_undo(run_id: str, *, dry_run: bool) -> int:
+    from jobs_pipeline.definitions import defs
+    from jobs_pipeline.interfaces.launch import DRY_RUN_TAG, LaunchPlan
+    from jobs_pipeline.jobs.undo import JOB_NAME, OP_NAME
+
+    project_engine().dispose()  # the schema is there and current
+    plan = LaunchPlan(
+        run_config={"ops": {OP_NAME: {"config": {"run_id": run_id.strip(), "dry_run": dry_run}}}},
+        tags={DRY_RUN_TAG: "true"} if dry_run else {},
+    )
+    return start_and_report(defs.resolve_job_def(JOB_NAME), plan)
+
+
+def command_why(id_or_email: str) -> int:
+    import uuid
+
+    from jobs_pipeline.storage.ledger import changes_to_user
+    from jobs_pipeline.storage.users import find_user
+
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            try:
+                user_id = str(find_user(connection, id_or_email))
+            except LookupError:
+                try:  # a user the app has since deleted is still in the ledger by id
+                    user_id = str(uuid.UUID(id_or_email.strip()))
+                except ValueError:
+                    raise UsageError(f"no user with id or email {id_or_email.strip()!r}") from None
+            entries = changes_to_user(connection, user_id)
+    finally:
+        engine.dispose()
+    if not entries:
+        print(f"no changes by the jobs are recorded for user {user_id}")
+        return 0
+    print_changes(entries)
+    return 0
+
+
+def command_why_run(run_id: str) -> int:
+    from jobs_pipeline.storage.ledger import changes_of_run
+
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            entries = changes_of_run(connection, run_id.strip())
+    finally:
+        engine.dispose()
+    if not entries:
+        print(
+            f"no changes are recorded for run {run_id.strip()} (it changed nothing, is past"
+            " the ledger's retention, or its job keeps no ledger: the rollup)"
+        )
+        return 0
+    print_changes(entries)
+    return 0
+
+
+def print_changes(entries: list[Any]) -> None:
+    from jobs_pipeline.storage.ledger import describe_change
+
+    for entry in entries:
+        when = entry.changed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(
+            f"{when}  {entry.job} run {entry.run_id}  {entry.table_name} {entry.row_key}\n"
+            f"    {describe_change(entry.before, entry.after)}\n"
+            f"    because {entry.reason}"
+        )
