@@ -25,11 +25,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import dagster as dg
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import Engine
@@ -157,14 +158,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # -- what the endpoints share ---------------------------------------------------------------
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
 def client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -183,20 +176,21 @@ class AdminApi:
         self.queue = queue
         self.wait_seconds = wait_seconds
         self.stopping = stopping
+        self.metrics = metrics_registry(queue.instance, app_engine, defs)
 
     @property
     def instance(self) -> dg.DagsterInstance:
         return self.queue.instance
 
-    def authenticate(self, request: Request) -> Caller:
-        token = bearer_token(request)
-        if token is None:
-            log.warning("admin API: no bearer token from %s", client_of(request))
+    def authenticate(self, token: str | None, client: str) -> Caller:
+        """The caller of a request, once its token and its user's role say it is an admin."""
+        if not token:
+            log.warning("admin API: no bearer token from %s", client)
             raise ApiError(401, "Missing bearer token")
         with self.app_engine.begin() as connection:
             caller = authenticate(connection, token)
         if caller is None:
-            log.warning("admin API: unknown or revoked token from %s", client_of(request))
+            log.warning("admin API: unknown or revoked token from %s", client)
             raise ApiError(401, "Invalid or revoked token")
         if not caller.is_admin:
             log.warning("admin API: %s is not an admin", caller.email)
@@ -270,6 +264,104 @@ def status_path(run_id: str) -> str:
     return f"/api/admin/runs/{run_id}"
 
 
+# -- the routes --------------------------------------------------------------------------
+
+# The bearer header, read by FastAPI (and so declared in the OpenAPI document); a missing
+# or malformed one is answered by `AdminApi.authenticate`, in this API's own words.
+bearer = HTTPBearer(auto_error=False, description="A token from `jobs-pipeline token create`")
+routes = APIRouter()
+
+
+def current_api(request: Request) -> AdminApi:
+    """The API's state, made once by the app's lifespan."""
+    api: AdminApi = request.app.state.api
+    return api
+
+
+async def admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    state: Annotated[AdminApi, Depends(current_api)],
+) -> Caller:
+    token = credentials.credentials if credentials is not None else None
+    return await run_in_threadpool(state.authenticate, token, client_of(request))
+
+
+@routes.post(
+    "/api/admin/jobs/{name}",
+    summary="Start a job and wait for its run (up to the server's limit)",
+    response_model=RunSucceeded,
+    responses={
+        202: {"model": RunPending, "description": "The run is queued or still going"},
+        400: {"model": ErrorAnswer, "description": "Bad options"},
+        **ERRORS,
+        404: {"model": ErrorAnswer, "description": "Job not found"},
+        500: {"model": RunFailed, "description": "The run failed"},
+    },
+)
+async def run_job(
+    name: str,
+    caller: Annotated[Caller, Depends(admin)],
+    state: Annotated[AdminApi, Depends(current_api)],
+    options: Annotated[RunOptions, Body()] = RunOptions(),  # noqa: B008 - immutable
+) -> JSONResponse:
+    job = job_catalog().get(name.strip().replace("-", "_"))
+    if job is None:
+        raise ApiError(404, "Job not found")
+    run_id = await run_in_threadpool(state.start, job, options, caller)
+    return run_answer(await state.wait(run_id), state)
+
+
+@routes.get(
+    "/api/admin/runs/{run_id}",
+    summary="Where a run stands; its result or error once it has ended",
+    response_model=RunStatus,
+    responses={**ERRORS, 404: {"model": ErrorAnswer, "description": "No such run"}},
+)
+async def run_status(
+    run_id: str,
+    _caller: Annotated[Caller, Depends(admin)],
+    state: Annotated[AdminApi, Depends(current_api)],
+) -> RunStatus:
+    run = await run_in_threadpool(state.instance.get_run_by_id, run_id)
+    outcome = await run_in_threadpool(outcome_of, state.instance, run_id)
+    if run is None or outcome is None:
+        raise ApiError(404, "Run not found")
+    return RunStatus(
+        run_id=run_id,
+        job=display_name(run.job_name),
+        status=outcome.status,
+        result=outcome.result,
+        error=redact(outcome.error) if outcome.error else None,
+    )
+
+
+@routes.get(
+    "/api/admin/jobs",
+    summary="Every job with its schedule and last run",
+    response_model=JobList,
+    responses=ERRORS,
+)
+async def list_jobs(
+    _caller: Annotated[Caller, Depends(admin)],
+    state: Annotated[AdminApi, Depends(current_api)],
+) -> JobList:
+    return JobList(jobs=await run_in_threadpool(jobs_with_last_runs, state.instance))
+
+
+@routes.get("/metrics", include_in_schema=False)
+async def metrics(request: Request, state: Annotated[AdminApi, Depends(current_api)]) -> Response:
+    """The deployment's Prometheus metrics, as `jobs-pipeline metrics` serves them. Without
+    a token, as Prometheus scrapes: they carry counts, ages and run ids, never an email or a
+    secret. Not in the OpenAPI document, which describes the admins' API.
+    """
+    # The format Prometheus asks for (OpenMetrics, or the text format), as
+    # prometheus_client's own server answers it.
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    body = await run_in_threadpool(encode, state.metrics)
+    return Response(body, headers={"Content-Type": content_type})
+
+
 # -- the app ---------------------------------------------------------------------------------
 
 
@@ -282,12 +374,11 @@ def create_app(
     """The API over one instance; its queue's code location is loaded once, at start.
     `stopping` says when the server has been told to stop (SIGTERM, Ctrl-C).
     """
-    holder: dict[str, AdminApi] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with RunQueue(instance) as queue:
-            holder["api"] = AdminApi(app_engine, queue, wait_seconds, stopping)
+            app.state.api = AdminApi(app_engine, queue, wait_seconds, stopping)
             if not daemon_serves(instance):
                 log.warning(
                     "admin API: no Dagster daemon serves this instance yet; runs wait in its"
@@ -303,93 +394,12 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-
-    def api() -> AdminApi:
-        return holder["api"]
-
-    async def admin(request: Request, state: Annotated[AdminApi, Depends(api)]) -> Caller:
-        return await run_in_threadpool(state.authenticate, request)
-
-    @app.post(
-        "/api/admin/jobs/{name}",
-        summary="Start a job and wait for its run (up to the server's limit)",
-        response_model=RunSucceeded,
-        responses={
-            202: {"model": RunPending, "description": "The run is queued or still going"},
-            400: {"model": ErrorAnswer, "description": "Bad options"},
-            **ERRORS,
-            404: {"model": ErrorAnswer, "description": "Job not found"},
-            500: {"model": RunFailed, "description": "The run failed"},
-        },
-    )
-    async def run_job(
-        name: str,
-        caller: Annotated[Caller, Depends(admin)],
-        state: Annotated[AdminApi, Depends(api)],
-        options: Annotated[RunOptions, Body()] = RunOptions(),  # noqa: B008 - immutable
-    ) -> JSONResponse:
-        job = job_catalog().get(name.strip().replace("-", "_"))
-        if job is None:
-            raise ApiError(404, "Job not found")
-        run_id = await run_in_threadpool(state.start, job, options, caller)
-        return run_answer(await state.wait(run_id), state)
-
-    @app.get(
-        "/api/admin/runs/{run_id}",
-        summary="Where a run stands; its result or error once it has ended",
-        response_model=RunStatus,
-        responses={**ERRORS, 404: {"model": ErrorAnswer, "description": "No such run"}},
-    )
-    async def run_status(
-        run_id: str,
-        _caller: Annotated[Caller, Depends(admin)],
-        state: Annotated[AdminApi, Depends(api)],
-    ) -> RunStatus:
-        run = await run_in_threadpool(state.instance.get_run_by_id, run_id)
-        outcome = await run_in_threadpool(outcome_of, state.instance, run_id)
-        if run is None or outcome is None:
-            raise ApiError(404, "Run not found")
-        return RunStatus(
-            run_id=run_id,
-            job=display_name(run.job_name),
-            status=outcome.status,
-            result=outcome.result,
-            error=redact(outcome.error) if outcome.error else None,
-        )
-
-    @app.get(
-        "/api/admin/jobs",
-        summary="Every job with its schedule and last run",
-        response_model=JobList,
-        responses=ERRORS,
-    )
-    async def list_jobs(
-        _caller: Annotated[Caller, Depends(admin)], state: Annotated[AdminApi, Depends(api)]
-    ) -> JobList:
-        return JobList(jobs=await run_in_threadpool(jobs_with_last_runs, state.instance))
-
-    add_metrics_route(app, instance, app_engine)
+    app.include_router(routes)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, bad_request)
     app.add_exception_handler(Exception, internal_error)
     return app
-
-
-def add_metrics_route(app: FastAPI, instance: dg.DagsterInstance, app_engine: Engine) -> None:
-    """`GET /metrics`: the deployment's Prometheus metrics, as `jobs-pipeline metrics` serves
-    them. Without a token, as Prometheus scrapes: they carry counts, ages and run ids, never
-    an email or a secret. Not in the OpenAPI document, which describes the admins' API.
-    """
-    registry = metrics_registry(instance, app_engine, defs)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        # The format Prometheus asks for (OpenMetrics, or the text format), as
-        # prometheus_client's own server answers it.
-        encode, content_type = choose_encoder(request.headers.get("accept", ""))
-        body = await run_in_threadpool(encode, registry)
-        return Response(body, headers={"Content-Type": content_type})
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -402,10 +412,6 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         schemas = document.get("components", {}).get("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
-        document.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"}
-        }
-        document["security"] = [{"bearer": []}]
         app.openapi_schema = document
     return app.openapi_schema
 
