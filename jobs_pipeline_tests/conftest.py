@@ -21,14 +21,14 @@ from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
-from jobs_pipeline_tests.dev_server import stop_orphaned_postgres
+from jobs_pipeline_tests.support.dev_server import stop_orphaned_postgres
 
 pytest_plugins = [
-    "jobs_pipeline_tests.receivers",
-    "jobs_pipeline_tests.outages",
-    "jobs_pipeline_tests.leftovers",
-    "jobs_pipeline_tests.deployed_runs",
-    "jobs_pipeline_tests.daemon_down",
+    "jobs_pipeline_tests.support.receivers",
+    "jobs_pipeline_tests.support.outages",
+    "jobs_pipeline_tests.support.leftovers",
+    "jobs_pipeline_tests.support.deployed_runs",
+    "jobs_pipeline_tests.support.daemon_down",
 ]
 
 TEMPLATE = "app_template"

@@ -16,7 +16,7 @@ import pytest
 from jobs_pipeline import dagster_private
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import DEFINITIONS_MODULE, LOCATION_NAME, op_config_for
-from jobs_pipeline_tests.processes import free_port
+from jobs_pipeline_tests.support.processes import free_port
 
 # Lazy loading: a code server whose code fails to load still answers, with the error.
 DAGSTER_API_GRPC = [sys.executable, "-m", "dagster", "api", "grpc", "--lazy-load-user-code"]

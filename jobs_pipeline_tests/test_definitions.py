@@ -16,7 +16,7 @@ from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.steps.scheduling import TOOL_TAG, is_maintenance_job, priority_of
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
-from jobs_pipeline_tests.running import job_result
+from jobs_pipeline_tests.support.running import job_result
 
 # INTERFACE.md's table: Dagster job, schedule (UTC), priority.
 SCHEDULES = [s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)]

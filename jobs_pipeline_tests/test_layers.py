@@ -70,3 +70,25 @@ def test_only_dagster_private_reaches_into_dagsters_private_modules():
         if private.search(path.read_text())
     )
     assert reaching == ["dagster_private.py"]
+
+
+def test_the_tests_mirror_the_package():
+    """A test lives in the folder of the layer it tests, so a newcomer finds it by the
+    module's path; what the tests share lives in support/, whole-project checks at the top."""
+    tests = Path(__file__).parent
+    folders = {
+        path.name for path in tests.iterdir() if path.is_dir() and (path / "__init__.py").exists()
+    }
+    layers = {
+        path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").exists()
+    }
+    assert folders - {"support"} <= layers, f"test folders with no layer: {folders - layers}"
+    for folder in folders - {"support"}:
+        assert any((tests / folder).glob("test_*.py")), f"{folder}/ holds no test"
+    helpers = [
+        path.name
+        for folder in [tests, *(tests / name for name in folders - {"support"})]
+        for path in folder.glob("*.py")
+        if not path.name.startswith("test_") and path.name not in {"__init__.py", "conftest.py"}
+    ]
+    assert not helpers, f"helpers outside support/: {helpers}"

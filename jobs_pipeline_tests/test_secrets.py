@@ -36,7 +36,7 @@ from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.sensors.monitoring import alert_redelivery_sensor
 from jobs_pipeline.storage.api_tokens import issue_token, token_digest
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG, EmbeddedPostgres
-from jobs_pipeline_tests.app_data import (
+from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
     add_promo_code,
     add_redemption,
@@ -44,16 +44,16 @@ from jobs_pipeline_tests.app_data import (
     db_now,
     set_override,
 )
-from jobs_pipeline_tests.deployment import running_deployment
-from jobs_pipeline_tests.journal_data import make_journals
-from jobs_pipeline_tests.processes import (
+from jobs_pipeline_tests.support.deployment import running_deployment
+from jobs_pipeline_tests.support.journal_data import make_journals
+from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
     cli_environment,
     free_port,
     wait_for_url,
 )
-from jobs_pipeline_tests.receivers import WebhookServer
-from jobs_pipeline_tests.running import evaluate_failure_alert
+from jobs_pipeline_tests.support.receivers import WebhookServer
+from jobs_pipeline_tests.support.running import evaluate_failure_alert
 
 SMTP_PASSWORD = "S3cr3t-smtp-7f1c9a"
 DB_PASSWORD = "S3cr3t-db-20b4e1"
