@@ -16,6 +16,7 @@ import pytest
 from jobs_pipeline import dagster_private
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import DEFINITIONS_MODULE, LOCATION_NAME, op_config_for
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import free_port
 
 # Lazy loading: a code server whose code fails to load still answers, with the error.
@@ -117,7 +118,7 @@ def serve_code(module: str, port: int, tmp_path) -> subprocess.Popen:
 
 def answer_of(port: int, deadline_s: float = 120) -> str | None:
     """The code server's load answer, once it answers at all."""
-    give_up = time.monotonic() + deadline_s
+    give_up = time.monotonic() + deadline(deadline_s)
     while True:
         try:
             return dagster_private.code_server_load_error("127.0.0.1", port)

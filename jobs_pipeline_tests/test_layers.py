@@ -92,3 +92,14 @@ def test_the_tests_mirror_the_package():
         if not path.name.startswith("test_") and path.name not in {"__init__.py", "conftest.py"}
     ]
     assert not helpers, f"helpers outside support/: {helpers}"
+
+
+def test_no_test_module_imports_another():
+    """What two test modules share is a helper, and helpers live in support/."""
+    tests = Path(__file__).parent
+    importing = sorted(
+        str(path.relative_to(tests))
+        for path in tests.rglob("*.py")
+        if re.search(r"^from jobs_pipeline_tests\.(\w+\.)*test_\w+ import", path.read_text(), re.M)
+    )
+    assert importing == []

@@ -21,6 +21,7 @@ from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.support.app_data import add_expired_user, add_user, db_now, slow_trigger
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
     cli_environment,
@@ -377,8 +378,8 @@ def test_a_delivery_killed_midway_and_run_again_sends_nothing_twice(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while len(mailbox.received) < 3 and time.monotonic() < deadline:
+        deadline_at = time.monotonic() + deadline(60)
+        while len(mailbox.received) < 3 and time.monotonic() < deadline_at:
             time.sleep(0.05)
         delivery.send_signal(signal.SIGKILL)
         delivery.wait(timeout=10)
@@ -419,8 +420,8 @@ def test_a_downgrade_killed_midway_keeps_every_email_with_its_downgrade(
         with engine.connect() as c:
             return set(c.execute(select(users.c.id).where(users.c.tier == "free")).scalars())
 
-    deadline = time.monotonic() + 60
-    while not downgraded() and time.monotonic() < deadline:
+    deadline_at = time.monotonic() + deadline(60)
+    while not downgraded() and time.monotonic() < deadline_at:
         time.sleep(0.1)
     kill(job, engine)
 

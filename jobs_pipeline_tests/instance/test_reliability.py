@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from datetime import timedelta
 
 import dagster as dg
@@ -21,9 +20,10 @@ from jobs_pipeline_tests.support.app_data import (
     add_redemption,
     add_user,
     db_now,
+    rows_past_slow_trigger,
     slow_trigger,
 )
-from jobs_pipeline_tests.support.deadlines import finish
+from jobs_pipeline_tests.support.deadlines import finish, wait_until
 from jobs_pipeline_tests.support.journal_data import (
     as_records,
     expected_stats,
@@ -35,6 +35,8 @@ from jobs_pipeline_tests.support.processes import kill, start_job_process
 from jobs_pipeline_tests.support.running import job_result, run_job
 
 rollup_job = defs.resolve_job_def("discipline_stats_rollup")
+# Rows a slow statement has passed before the test strikes: under way, far from done.
+PARTWAY = 20
 
 
 def count(engine, table, *where) -> int:
@@ -43,10 +45,7 @@ def count(engine, table, *where) -> int:
 
 
 def wait_for(condition, deadline_s: float = 60) -> None:
-    give_up = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < give_up, "the run never got under way"
-        time.sleep(0.05)
+    wait_until(condition, deadline_s, "the run got under way", interval=0.05)
 
 
 def in_background(target) -> tuple[threading.Thread, dict]:
@@ -86,14 +85,15 @@ def test_a_database_stopped_mid_rollup_retries_and_writes_every_row_once(own_pos
     make_journals(engine, seed=31, user_count=150)
     with engine.begin() as c:
         c.execute(text(slow_trigger("user_discipline_stats", "BEFORE INSERT", 0.01)))
-    engine.dispose()
     db = AppDatabase(url=url, retry_delay_seconds=1.5, max_retries=3)
     thread, outcome = in_background(
         lambda: rollup_job.execute_in_process(
             resources={"db": db}, instance=instance, tags=ALL_SHARDS_TAGS, raise_on_error=False
         )
     )
-    time.sleep(1.0)  # inside the one statement, which writes a row every 10 ms
+    # Inside the one statement, which writes a row every 10 ms.
+    wait_for(lambda: rows_past_slow_trigger(engine, "user_discipline_stats") >= PARTWAY)
+    engine.dispose()
     stop(own_postgres)
     restarted = start_again(own_postgres)
     finish(thread, 600)
@@ -148,18 +148,6 @@ def test_a_database_stopped_mid_cleanup_deletes_only_what_should_go_once(own_pos
         engine.dispose()
 
 
-def rollup_statement_running(engine) -> bool:
-    with engine.connect() as c:
-        return bool(
-            c.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jobs_pipeline'"
-                    " AND state = 'active' AND query LIKE '%INSERT INTO user_discipline_stats%'"
-                )
-            ).scalar()
-        )
-
-
 def test_a_rollup_killed_midway_leaves_the_old_rows_whole(engine, db, app_db_url, instance):
     make_journals(engine, seed=33, user_count=120)
     assert rollup_job.execute_in_process(
@@ -171,8 +159,7 @@ def test_a_rollup_killed_midway_leaves_the_old_rows_whole(engine, db, app_db_url
     before = as_records(stored_stats(engine))
 
     process = start_job_process(app_db_url, "discipline_stats_rollup")
-    wait_for(lambda: rollup_statement_running(engine))
-    time.sleep(0.5)
+    wait_for(lambda: rows_past_slow_trigger(engine, "user_discipline_stats") >= PARTWAY)
     kill(process, engine)
 
     assert as_records(stored_stats(engine)) == before  # all old: nothing half-written
@@ -218,7 +205,7 @@ def test_users_deleted_during_a_rollup_do_not_break_it(engine, db, instance):
             resources={"db": db}, instance=instance, tags=ALL_SHARDS_TAGS, raise_on_error=False
         )
     )
-    time.sleep(0.6)
+    wait_for(lambda: rows_past_slow_trigger(engine, "user_discipline_stats") >= PARTWAY)
     leaving = user_ids[-40:]
     with engine.begin() as app:  # the app deletes users, their journal first
         target_ids = select(targets.c.id).where(targets.c.user_id.in_(leaving))

@@ -24,6 +24,8 @@ from jobs_pipeline.storage.app_tables import global_config, users
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.support.app_data import add_expired_user, add_user, db_now, set_override
+from jobs_pipeline_tests.support.deadlines import deadline, wait_until
+from jobs_pipeline_tests.support.deployed_runs import runs_where
 from jobs_pipeline_tests.support.deployment import Deployment, running_deployment
 from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, free_port, tail, wait_for_url
 
@@ -402,7 +404,7 @@ def settle(api: Api, token: str, status: int, body: dict[str, Any]) -> dict[str,
     if status == 200:
         return body
     assert status == 202, (status, body)
-    give_up = time.monotonic() + 120
+    give_up = time.monotonic() + deadline(120)
     while time.monotonic() < give_up:
         code, run = api.call("GET", body["status_url"], token)
         assert code == 200, run
@@ -435,12 +437,19 @@ def test_sigterm_stops_the_server_within_ten_seconds_with_requests_waiting(api):
     token = api.token_for("admin@example.com")
     doomed = start_api(api.deployment, "admin-api-stopped")
     process = api.deployment.processes["admin-api-stopped"]
+    by_the_api = {"jobs_pipeline/triggered_by": "api:admin@example.com"}
+    before = len(runs_where(api.deployment, tags=by_the_api))
     with ThreadPoolExecutor(max_workers=2) as pool:
         waiting = [
             pool.submit(call, doomed, "POST", "/api/admin/jobs/tier-expiration", token)
             for _ in range(2)
         ]
-        time.sleep(1)  # the requests are in, waiting for their runs
+        # The requests are in, waiting for the runs they submitted.
+        wait_until(
+            lambda: len(runs_where(api.deployment, tags=by_the_api)) == before + 2,
+            60,
+            "both requests submitted their runs",
+        )
         os.killpg(process.popen.pid, signal.SIGTERM)
         try:
             process.popen.wait(timeout=10)

@@ -1,13 +1,10 @@
 """The installed `jobs-pipeline` command, run as a real subprocess against a real PostgreSQL."""
 
 import getpass
-import json
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import psycopg
@@ -26,8 +23,10 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
     user_row,
 )
+from jobs_pipeline_tests.support.deadlines import wait_until
 from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, cli_environment
 from jobs_pipeline_tests.support.processes import run_cli as jobs_pipeline
+from jobs_pipeline_tests.support.running import result_of_run
 
 SCHEDULES = {
     "tier-expiration": "15 0 * * *",
@@ -37,15 +36,6 @@ SCHEDULES = {
     "trial-reminder": "0 9 * * *",
     "email-delivery": "*/5 * * * *",
 }
-
-
-def result_of_run(completed: subprocess.CompletedProcess[str], name: str) -> dict[str, Any]:
-    """The JSON of the `[name] Result: {...}` line, which must be stdout's last line."""
-    lines = completed.stdout.strip().splitlines()
-    assert lines, f"no stdout; stderr:\n{completed.stderr[-3000:]}"
-    prefix = f"[{name}] Result: "
-    assert lines[-1].startswith(prefix), completed.stdout
-    return json.loads(lines[-1].removeprefix(prefix))
 
 
 def user_count(engine) -> int:
@@ -351,15 +341,16 @@ def test_a_run_past_the_queue_waits_for_another_writer_of_its_table(engine, env,
 
 
 def wait_for_lock_waiter(engine, deadline_s: float = 120) -> None:
-    """Until a run's lock connection (named after its run) is there, and has tried."""
-    sessions = text(
+    """Until a run's lock connection (named after its run) is there, and has tried: its
+    last statement is no longer the one that named it.
+    """
+    tried = text(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'jobs_pipeline run %'"
+        " AND query NOT LIKE '%set_config%'"
     )
-    give_up = time.monotonic() + deadline_s
-    while time.monotonic() < give_up:
+
+    def has_tried() -> bool:
         with engine.connect() as c:
-            if c.execute(sessions).scalar_one():
-                time.sleep(2)  # it names itself just before its first try
-                return
-        time.sleep(0.5)
-    raise AssertionError("no run came to wait for the writer lock")
+            return bool(c.execute(tried).scalar_one())
+
+    wait_until(has_tried, deadline_s, "a run came to wait for the writer lock", interval=0.5)

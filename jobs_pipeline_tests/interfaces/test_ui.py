@@ -31,6 +31,7 @@ from jobs_pipeline.jobs.promo_cleanup import JOB_NAME as PROMO_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.jobs.undo import JOB_NAME as UNDO_JOB
 from jobs_pipeline.steps.writers import DRY_RUN_TAG, writer_pool
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.dev_server import (
     Dev,
     connect,
@@ -198,7 +199,7 @@ def wait_for_ends(page: Page, dev: Dev, run_ids: list[str]) -> dict[str, str]:
     """Each run's final status, once all have ended: the queue starts them in its own order
     (one run per job, one writer per table), so they are awaited together, with one deadline.
     """
-    give_up = time.monotonic() + RUN_DEADLINE_MS / 1000 * max(1, len(run_ids))
+    give_up = time.monotonic() + deadline(RUN_DEADLINE_MS / 1000 * max(1, len(run_ids)))
     while True:
         statuses = {run_id: run_status(dev, run_id) for run_id in run_ids}
         if all(status in ENDED for status in statuses.values()):

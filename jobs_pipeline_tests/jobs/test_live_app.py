@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.storage.app_tables import users
+from jobs_pipeline_tests.support.deadlines import deadline, wait_until
 from jobs_pipeline_tests.support.journal_data import expected_stats, stored_stats
 from jobs_pipeline_tests.support.running import job_result, run_job
 
@@ -33,7 +33,7 @@ def test_the_jobs_hold_while_the_app_writes(engine, db, instance, app_db_url, tm
                 " WHERE get_byte(uuid_send(id), 0) % 3 = 0"
             )
         )
-    stop, result = tmp_path / "stop", tmp_path / "app.json"
+    stop, result, started = tmp_path / "stop", tmp_path / "app.json", tmp_path / "started"
     app = subprocess.Popen(
         [
             sys.executable,
@@ -42,18 +42,18 @@ def test_the_jobs_hold_while_the_app_writes(engine, db, instance, app_db_url, tm
             app_db_url,
             str(stop),
             str(result),
+            str(started),
         ]
     )
     try:
-        time.sleep(1.0)
+        wait_until(started.exists, 60, "the app began to write")
         downgrade = run_job(tier_expiration_job, db, instance, batch_size=500, allow_large=True)
         rollup = defs.resolve_job_def("discipline_stats_rollup").execute_in_process(
             resources={"db": db}, instance=instance, tags=ALL_SHARDS_TAGS, raise_on_error=False
         )
-        time.sleep(0.5)
     finally:
         stop.touch()
-        app.wait(timeout=60)
+        app.wait(timeout=deadline(60))
     played = json.loads(result.read_text())
 
     assert downgrade.success and rollup.success

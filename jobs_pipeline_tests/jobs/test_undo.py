@@ -23,6 +23,7 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
     user_row,
 )
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import cli_environment, kill, run_cli, start_job_process
 from jobs_pipeline_tests.support.running import failure_message, job_result, log_messages, run_job
 
@@ -199,8 +200,8 @@ def test_sigkill_midway_leaves_the_ledger_and_the_tables_agreeing(engine, app_db
                 for u in c.execute(select(users.c.id).where(users.c.tier == "free")).scalars()
             }
 
-    deadline = time.monotonic() + 60
-    while not free_users() and time.monotonic() < deadline:
+    deadline_at = time.monotonic() + deadline(60)
+    while not free_users() and time.monotonic() < deadline_at:
         time.sleep(0.05)
     kill(process, engine)
 

@@ -247,7 +247,7 @@ def run_sessions(engine: Engine) -> int:
 
 
 def wait_for_text(log: Path, text: str, process: subprocess.Popen) -> None:
-    give_up = time.monotonic() + STARTUP_DEADLINE_S
+    give_up = time.monotonic() + deadline(STARTUP_DEADLINE_S)
     while time.monotonic() < give_up:
         if text in log.read_text(errors="replace"):
             return
@@ -268,7 +268,7 @@ def test_a_cli_command_stopped_while_its_embedded_postgres_starts_leaves_it_stop
         cli = start_cli(["run", "global-override-check"], environment, state.parent, log)
         # Stopped while `pg_ctl start` runs: the server is coming up, and pgserver does not
         # know it yet (its own exit handler stops only a server it saw start).
-        give_up = time.monotonic() + STARTUP_DEADLINE_S
+        give_up = time.monotonic() + deadline(STARTUP_DEADLINE_S)
         while not starting_server(tag) and time.monotonic() < give_up:
             assert cli.poll() is None, tail(log)
             time.sleep(0.005)

@@ -21,16 +21,6 @@ from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
-from jobs_pipeline_tests.instance.test_dead_runs import (
-    BATCH,
-    EACH_USER_ONCE,
-    EXPIRED_USERS,
-    START_DEADLINE_S,
-    each_user_changed_once,
-    gate_after_first_batch,
-    launch,
-    ledger_rows,
-)
 from jobs_pipeline_tests.support.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.support.deployed_runs import (
     close_gate,
@@ -43,6 +33,16 @@ from jobs_pipeline_tests.support.deployed_runs import (
     wait_for_end,
 )
 from jobs_pipeline_tests.support.deployment import REPOSITORY, Deployment, running_deployment
+from jobs_pipeline_tests.support.held_runs import (
+    BATCH,
+    EACH_USER_ONCE,
+    EXPIRED_USERS,
+    START_DEADLINE_S,
+    each_user_changed_once,
+    gate_after_first_batch,
+    launch,
+    ledger_rows,
+)
 from jobs_pipeline_tests.support.journal_data import (
     as_records,
     expected_stats,

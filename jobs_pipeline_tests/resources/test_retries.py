@@ -17,7 +17,7 @@ from jobs_pipeline_tests.support.app_data import (
     set_override,
     slow_trigger,
 )
-from jobs_pipeline_tests.support.deadlines import finish, wait_until
+from jobs_pipeline_tests.support.deadlines import deadline, finish, wait_until
 from jobs_pipeline_tests.support.outages import start_again, stop
 from jobs_pipeline_tests.support.running import job_result, log_messages, run_job
 
@@ -42,7 +42,7 @@ def wait_until_some_are_downgraded(url: str, deadline_s: float = 60) -> None:
     """The run is under way: its first batches are committed, most are still to come."""
     engine = create_app_engine(url)
     try:
-        give_up = time.monotonic() + deadline_s
+        give_up = time.monotonic() + deadline(deadline_s)
         while tiers(engine).get("free", 0) < 5:
             assert time.monotonic() < give_up, "the run downgraded no one"
             time.sleep(0.05)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select, text
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME, OP_NAME
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.support.app_data import add_expired_user, db_now
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.dev_server import (
     Dev,
     running_dev,
@@ -77,7 +78,7 @@ def downgraded(engine: Engine) -> int:
 
 def settled_downgrades(engine: Engine) -> int:
     """The downgrade count once it has stopped moving (a live run moves it every second)."""
-    give_up = time.monotonic() + SETTLE_DEADLINE_S
+    give_up = time.monotonic() + deadline(SETTLE_DEADLINE_S)
     counts = [downgraded(engine)]
     while time.monotonic() < give_up:
         time.sleep(1)

@@ -17,7 +17,6 @@ from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.storage.project_tables import email_outbox
-from jobs_pipeline_tests.interfaces.test_cli import result_of_run
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
     add_promo_code,
@@ -28,7 +27,7 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
 )
 from jobs_pipeline_tests.support.processes import cli_environment, run_cli
-from jobs_pipeline_tests.support.running import failure_message, job_result, run_job
+from jobs_pipeline_tests.support.running import failure_message, job_result, result_of_run, run_job
 
 
 def z(moment: datetime) -> str:

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 
 from jobs_pipeline.storage.app_tables import global_config, promo_codes, promo_redemptions, users
 
@@ -59,9 +59,25 @@ def db_now(engine: Engine) -> datetime:
 
 
 def slow_trigger(table: str, when: str, seconds: float) -> str:
-    """SQL for a trigger that sleeps per row: a run still going when the test strikes."""
+    """SQL for a trigger that sleeps per row: a run still going when the test strikes.
+
+    Each row it passes also takes a number from a sequence, which no rollback takes back:
+    `rows_past_slow_trigger` reads how far an uncommitted statement has got.
+    """
     return f"""
+    CREATE SEQUENCE slow_{table}_rows;
     CREATE FUNCTION slow_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_sleep({seconds}); RETURN COALESCE(NEW, OLD); END $$;
+    BEGIN
+        PERFORM nextval('slow_{table}_rows');
+        PERFORM pg_sleep({seconds});
+        RETURN COALESCE(NEW, OLD);
+    END $$;
     CREATE TRIGGER slow_{table} {when} ON {table} FOR EACH ROW EXECUTE FUNCTION slow_{table}();
     """
+
+
+def rows_past_slow_trigger(engine: Engine, table: str) -> int:
+    """How many rows have gone through `table`'s slow trigger, committed or not."""
+    with engine.connect() as c:
+        last, called = c.execute(text(f"SELECT last_value, is_called FROM slow_{table}_rows")).one()
+    return int(last) if called else 0

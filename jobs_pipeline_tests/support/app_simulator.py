@@ -1,10 +1,11 @@
 """Plays the web app against its database while the jobs run: a process of its own.
 
-    python -m jobs_pipeline_tests.support.app_simulator URL STOP_FILE RESULT_FILE
+    python -m jobs_pipeline_tests.support.app_simulator URL STOP_FILE RESULT_FILE STARTED_FILE
 
-Until STOP_FILE exists it renews expired users, adds shots and flips honored flags for
-a set of active users, and holds row locks on users for a moment, each in a short
-transaction with the app's own lock timeout. It writes what it did to RESULT_FILE.
+Once its first transaction has committed it creates STARTED_FILE. Until STOP_FILE
+exists it renews expired users, adds shots and flips honored flags for a set of active
+users, and holds row locks on users for a moment, each in a short transaction with the
+app's own lock timeout. It writes what it did to RESULT_FILE.
 """
 
 import json
@@ -19,7 +20,7 @@ from psycopg import errors
 LOCK_TIMEOUT = "2s"
 
 
-def main(url: str, stop_file: Path, result_file: Path) -> None:
+def main(url: str, stop_file: Path, result_file: Path, started_file: Path) -> None:
     rng = random.Random(7)
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=False, options=f"-c lock_timeout={LOCK_TIMEOUT}") as db:
@@ -87,6 +88,8 @@ def main(url: str, stop_file: Path, result_file: Path) -> None:
                 else:
                     continue
                 done[action] += 1
+                if not started_file.exists():
+                    started_file.touch()
             except errors.LockNotAvailable:
                 db.rollback()
                 lock_timeouts += 1
@@ -105,4 +108,4 @@ def main(url: str, stop_file: Path, result_file: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, text
 
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployment import (
     LOCATION_NAME,
     REPOSITORY_NAME,
@@ -257,7 +258,7 @@ def wait_for(deployment: Deployment, what: str, found: Callable[[], Any], deadli
     """Polls `found()` until it returns something truthy, which it returns; fails with the
     processes' logs at the deadline.
     """
-    give_up = time.monotonic() + deadline_s
+    give_up = time.monotonic() + deadline(deadline_s)
     while time.monotonic() < give_up:
         value = found()
         if value:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
     answers_200,
@@ -230,7 +231,7 @@ class Deployment:
         """Polls `ready()` until it is true; fails with the logs at the deadline, or as soon
         as a started process has exited.
         """
-        give_up = time.monotonic() + deadline_s
+        give_up = time.monotonic() + deadline(deadline_s)
         while time.monotonic() < give_up:
             if ready():
                 return

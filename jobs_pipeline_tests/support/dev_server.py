@@ -105,7 +105,7 @@ def stop(dev: Dev) -> list[int]:
 
 def left_running(pids: list[int], deadline_s: float = 15) -> list[int]:
     """Those of `pids` still alive once `deadline_s` has passed (or none, as soon as none are)."""
-    give_up = time.monotonic() + deadline_s
+    give_up = time.monotonic() + deadline(deadline_s)
     while (running := [pid for pid in pids if alive(pid)]) and time.monotonic() < give_up:
         time.sleep(0.5)
     return running
@@ -135,7 +135,7 @@ def short_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def wait_for_run(client: DagsterGraphQLClient, run_id: str, dev: Dev) -> str:
-    give_up = time.monotonic() + RUN_DEADLINE_S
+    give_up = time.monotonic() + deadline(RUN_DEADLINE_S)
     status = None
     while time.monotonic() < give_up:
         status = client.get_run_status(run_id).value

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from jobs_pipeline_tests.support.deadlines import deadline
+
 JOBS_PIPELINE = Path(sys.executable).with_name("jobs-pipeline")
 
 # Variables a test must set itself: the developer's own (or another test's) must not leak in.
@@ -36,7 +38,7 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=deadline(300),
         check=False,
     )
 
@@ -62,7 +64,7 @@ def tail(path: Path, lines: int = 60) -> str:
 
 def wait_for_url(url: str, process: subprocess.Popen, log: Path, deadline_s: float) -> None:
     """Waits until `url` answers 200; fails early, with the log, if the process exits."""
-    give_up = time.monotonic() + deadline_s
+    give_up = time.monotonic() + deadline(deadline_s)
     while time.monotonic() < give_up:
         if answers_200(url):
             return
@@ -158,7 +160,7 @@ def kill(process: subprocess.Popen, engine: Engine) -> None:
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state = 'active'"
     )
-    give_up = time.monotonic() + 60
+    give_up = time.monotonic() + deadline(60)
     while time.monotonic() < give_up:
         with engine.connect() as connection:
             if connection.execute(busy).scalar_one() == 0:

@@ -1,5 +1,7 @@
 """Runs a job for real (a real Dagster instance, a real database) and reads what it logged."""
 
+import json
+import subprocess
 from typing import Any
 
 import dagster as dg
@@ -62,3 +64,12 @@ def evaluate_failure_alert(
         resources={"alerts": channels},
     ) as context:
         run_failure_alert_sensor(context.for_run_failure())
+
+
+def result_of_run(completed: subprocess.CompletedProcess[str], name: str) -> dict[str, Any]:
+    """The JSON of the `[name] Result: {...}` line, which must be stdout's last line."""
+    lines = completed.stdout.strip().splitlines()
+    assert lines, f"no stdout; stderr:\n{completed.stderr[-3000:]}"
+    prefix = f"[{name}] Result: "
+    assert lines[-1].startswith(prefix), completed.stdout
+    return json.loads(lines[-1].removeprefix(prefix))
