@@ -38,7 +38,7 @@ from jobs_pipeline.instance.status import job_pools
 from jobs_pipeline.jobs.discipline_stats_rollup import shard_of
 from jobs_pipeline.steps.guard import parse_as_of
 from jobs_pipeline.steps.reporting import result_of
-from jobs_pipeline.steps.scheduling import is_maintenance_job
+from jobs_pipeline.steps.scheduling import PARTITION_TAG, TRIGGERED_BY_TAG, is_maintenance_job
 from jobs_pipeline.steps.writers import DRY_RUN_TAG
 from jobs_pipeline.storage.embedded import state_dir
 from jobs_pipeline.storage.users import find_user
@@ -46,8 +46,6 @@ from jobs_pipeline.storage.users import find_user
 DEFINITIONS_MODULE = "jobs_pipeline.definitions"
 # The code location's name in every workspace (workspace.yaml, a deployment's).
 LOCATION_NAME = "jobs_pipeline"
-TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
-PARTITION_TAG = "dagster/partition"
 
 # The queue's daemon writes a heartbeat every 30 s or so; one older than this is a
 # daemon that is not running.

@@ -38,6 +38,7 @@ from jobs_pipeline.resources.heartbeats import Heartbeats
 from jobs_pipeline.steps.scheduling import (
     ALERT_AFTER_TAG,
     DEFAULT_ALERT_AFTER_SECONDS,
+    SCHEDULE_TAG,
     waiting_alert_after,
 )
 from jobs_pipeline.steps.writers import DRY_RUN_TAG
@@ -203,7 +204,6 @@ def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannel
         deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
 
 
-SCHEDULE_TAG = "dagster/schedule_name"
 PINGED_TAG = "jobs_pipeline/heartbeat_pinged"
 # A ping later than this says nothing an outside service still wants to hear.
 HEARTBEAT_HORIZON = timedelta(hours=1)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import dagster as dg
 
 from jobs_pipeline.steps.reporting import result_of
+from jobs_pipeline.steps.scheduling import SCHEDULE_TAG
 from jobs_pipeline.steps.writers import DRY_RUN_TAG
 
-SCHEDULE_TAG = "dagster/schedule_name"
 DEFAULT_K = 3.0
 DEFAULT_FLOOR = 50
 DEFAULT_WINDOW = 30

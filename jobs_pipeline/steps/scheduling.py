@@ -12,6 +12,14 @@ from jobs_pipeline.dagster_private import cron_ticks
 
 Priority = Literal["high", "medium", "low"]
 
+# Tags Dagster itself puts on runs: what started them.
+SCHEDULE_TAG = "dagster/schedule_name"
+SENSOR_TAG = "dagster/sensor_name"
+BACKFILL_TAG = "dagster/backfill"
+PARTITION_TAG = "dagster/partition"
+# Who started a run by hand: `cli:<OS user>`, `api:<email>` or `ui:<email>`.
+TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
+
 # Dagster's queue launches higher `dagster/priority` values first.
 PRIORITY_TAG = "dagster/priority"
 PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
