@@ -21,7 +21,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY, SHARD_COUNT, WRITES
@@ -31,6 +31,14 @@ from jobs_pipeline.jobs.promo_cleanup import JOB_NAME as PROMO_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.jobs.undo import JOB_NAME as UNDO_JOB
 from jobs_pipeline.steps.writers import DRY_RUN_TAG, writer_pool
+from jobs_pipeline_tests.support.browser import (
+    VIEWPORT,
+    chromium,
+    config_line,
+    list_item,
+    open_launchpad,
+    set_config_value,
+)
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.dev_server import (
     Dev,
@@ -42,20 +50,6 @@ from jobs_pipeline_tests.support.dev_server import (
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = Path("/usr/bin/chromium")
-# As root Chromium needs --no-sandbox; without the background-networking flags it keeps
-# knocking on this machine's closed network. Playwright gives it a fresh profile of its own.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPOSITORY / "build" / "screenshots"
@@ -93,16 +87,8 @@ ONE_SHARD = "09"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: the UI test drives Debian's Chromium (Playwright downloads"
-            " no browser here). Install it with `sudo apt-get install -y chromium`"
-            " (.ci/run does this on CI), then run the tests again."
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +124,6 @@ def on_failure(page: Page, dev: Dev, name: str) -> Iterator[None]:
 def screenshot(page: Page, name: str) -> None:
     # Fading dialogs and menus are shown as they end, not half-way.
     page.screenshot(path=SCREENSHOTS / f"{name}.png", animations="disabled")
-
-
-def list_item(page: Page, name: str) -> Locator:
-    """A row of the UI's lists (jobs, automations): the link named `name` and its controls."""
-    link = page.get_by_role("link").filter(has=page.get_by_text(name, exact=True))
-    return link.locator("xpath=..")
 
 
 def running_switch(item: Locator) -> Locator:
@@ -251,14 +231,6 @@ def rollup_materializations(dev: Dev) -> list[tuple[str, str]]:
     return [(event["partition"], event["runId"]) for event in reversed(events)]
 
 
-def open_launchpad(page: Page, job: str) -> None:
-    """Jobs > the job > Launchpad, as the guide says; ready once the config checks out."""
-    page.goto("/jobs")
-    list_item(page, job).get_by_role("link").click()
-    page.get_by_role("tab", name="Launchpad").click()
-    expect(page.get_by_text("No errors")).to_be_visible()
-
-
 def open_launchpad_missing_config(page: Page, job: str) -> None:
     """Jobs > the job > Launchpad, for a job whose config needs a value no default gives."""
     page.goto("/jobs")
@@ -280,18 +252,6 @@ def choose_partition(page: Page, partition: str) -> None:
     expect(input_group.get_by_role("img", name="sort_by_alpha")).to_be_visible()
     box.click()
     page.get_by_role("menuitem", name=partition, exact=True).click()
-
-
-def config_line(page: Page, text: str) -> Locator:
-    """The config editor's line holding `text` (the editor draws each line on its own)."""
-    return page.locator(".CodeMirror-line").filter(has_text=text)
-
-
-def set_config_value(page: Page, key: str, old: str, new: str) -> None:
-    """Types over a value in the config editor: `key: old` becomes `key: new`."""
-    config_line(page, f"{key}: {old}").get_by_text(old, exact=True).dblclick()
-    page.keyboard.type(new)
-    expect(config_line(page, f"{key}: {new}")).to_be_visible()
 
 
 def add_config_line(page: Page, before_key: str, line: str) -> None:
