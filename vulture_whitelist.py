@@ -22,6 +22,12 @@ run_job
 run_status
 list_jobs
 _.openapi
+# the door's routes (interfaces/door/routes.py)
+sign_in_form
+sign_out
+forbidden
+graphql
+graphql_socket
 
 # Alembic reads each migration's revision chain.
 down_revision

@@ -5,6 +5,7 @@
     GET  /api/admin/jobs          every job with its schedule and last run
     GET  /api/admin/openapi.json  this API, generated from the models below
     GET  /metrics                 Prometheus metrics, without a token (`operations/metrics.py`)
+    /door/...                     with `--ui`: the door in front of the Dagster UI (`door/`)
 
 Runs go onto the Dagster instance's queue, as a schedule's or the UI's do, and a
 daemon's run worker executes them: the API never runs a job in its own process, so
@@ -38,6 +39,9 @@ from sqlalchemy import Engine
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.formats import display_name
 from jobs_pipeline.instance.run_outcomes import RunOutcome, outcome_of
+from jobs_pipeline.interfaces.door.routes import opened_door
+from jobs_pipeline.interfaces.door.routes import router as door_routes
+from jobs_pipeline.interfaces.door.session import DoorSettings
 from jobs_pipeline.interfaces.launch import (
     LaunchError,
     RunQueue,
@@ -370,15 +374,20 @@ def create_app(
     instance: dg.DagsterInstance,
     wait_seconds: float = DEFAULT_WAIT_SECONDS,
     stopping: Callable[[], bool] = lambda: False,
+    door: DoorSettings | None = None,
 ) -> FastAPI:
     """The API over one instance; its queue's code location is loaded once, at start.
-    `stopping` says when the server has been told to stop (SIGTERM, Ctrl-C).
+    `stopping` says when the server has been told to stop (SIGTERM, Ctrl-C). With `door`,
+    it also serves the door in front of the Dagster UI (`interfaces/door/`).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with RunQueue(instance) as queue:
+        async with contextlib.AsyncExitStack() as stack:
+            queue = stack.enter_context(RunQueue(instance))
             app.state.api = AdminApi(app_engine, queue, wait_seconds, stopping)
+            if door is not None:
+                await stack.enter_async_context(opened_door(app, door, app_engine))
             if not daemon_serves(instance):
                 log.warning(
                     "admin API: no Dagster daemon serves this instance yet; runs wait in its"
@@ -395,6 +404,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(routes)
+    if door is not None:
+        app.include_router(door_routes)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, bad_request)

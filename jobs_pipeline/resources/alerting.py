@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from jobs_pipeline.formats import display_name, first_line, iso_utc
 from jobs_pipeline.resources.mail import Mailer
 
-SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL", "HEARTBEAT_URL")
+SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL", "HEARTBEAT_URL", "UI_SESSION_SECRET")
 URL_VARIABLES = ("DATABASE_URL", "DAGSTER_POSTGRES_URL")
 
 

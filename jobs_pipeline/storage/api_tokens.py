@@ -9,12 +9,13 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import api_tokens
+from jobs_pipeline.storage.users import ADMIN_ROLE
 
 TOKEN_PREFIX = "jpa_"  # noqa: S105 - a marker that makes leaked tokens easy to find
 
@@ -36,7 +37,7 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == ADMIN_ROLE
 
 
 def issue_token(connection: Connection, email: str) -> tuple[int, str]:
@@ -103,3 +104,34 @@ def authenticate(connection: Connection, token: str) -> Caller | None:
         update(api_tokens).where(api_tokens.c.id == row[0]).values(last_used_at=func.now())
     )
     return Caller(token_id=int(row[0]), user_id=row[2], email=str(row[3]), role=str(row[4]))
+
+
+# How stale `last_used_at` may grow for a signed-in session: the UI checks it on every
+# request, and writing it each time would be a write per page asset.
+LAST_USED_EVERY = timedelta(minutes=1)
+
+
+def caller_of_token(connection: Connection, token_id: int) -> Caller | None:
+    """The caller a live token id belongs to, with the user's role as it is now: what a
+    session signed in with that token is worth at this moment. None once the token is
+    revoked or its user deleted.
+    """
+    row = connection.execute(
+        select(api_tokens.c.id, users.c.id, users.c.email, users.c.role)
+        .join(users, users.c.id == api_tokens.c.user_id)
+        .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    connection.execute(
+        update(api_tokens)
+        .where(
+            api_tokens.c.id == token_id,
+            or_(
+                api_tokens.c.last_used_at.is_(None),
+                api_tokens.c.last_used_at < func.now() - LAST_USED_EVERY,
+            ),
+        )
+        .values(last_used_at=func.now())
+    )
+    return Caller(token_id=int(row[0]), user_id=row[1], email=str(row[2]), role=str(row[3]))

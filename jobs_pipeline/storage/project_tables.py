@@ -19,7 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from jobs_pipeline.storage.app_tables import Timestamptz
 
@@ -89,4 +89,25 @@ change_ledger = Table(
     Index("change_ledger_run_idx", "run_id"),
     Index("change_ledger_row_idx", "table_name", "row_key"),
     Index("change_ledger_time_idx", "changed_at"),
+)
+
+# Every write made in the Dagster UI through the door (launch, re-execute, backfill,
+# terminate, a schedule or sensor started or stopped, a run deleted, ...): who, when,
+# what, and the runs it made or acted on. Written before the write is passed on and
+# finished with its outcome, so a write is never made unrecorded.
+ui_actions = Table(
+    "ui_actions",
+    project_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("acted_at", Timestamptz, nullable=False, server_default=func.now()),
+    Column("email", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("run_ids", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("backfill_id", Text),
+    Column("outcome", Text, nullable=False, server_default="pending"),
+    Index("ui_actions_time_idx", "acted_at"),
+    Index("ui_actions_runs_idx", "run_ids", postgresql_using="gin"),
+    Index("ui_actions_backfill_idx", "backfill_id"),
 )

@@ -26,7 +26,12 @@ from jobs_pipeline.jobs.trial_reminder import trial_reminder_job
 from jobs_pipeline.jobs.undo import undo_run_job
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.storage.api_tokens import authenticate, issue_token, revoke_token
+from jobs_pipeline.storage.api_tokens import (
+    authenticate,
+    caller_of_token,
+    issue_token,
+    revoke_token,
+)
 from jobs_pipeline.storage.app_database_setup import run_script
 from jobs_pipeline.storage.app_tables import (
     global_config,
@@ -39,6 +44,13 @@ from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.ledger import changes_to_user
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
+from jobs_pipeline.storage.ui_actions import (
+    actions_on_run,
+    finish_action,
+    recent_actions,
+    record_action,
+)
+from jobs_pipeline.storage.users import role_of_email
 from jobs_pipeline_tests.conftest import admin_connection
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
@@ -141,6 +153,7 @@ TABLE_PRIVILEGES = {
     "jobs_pipeline.email_outbox": {"SELECT", "INSERT", "UPDATE"},
     "jobs_pipeline.change_ledger": {"SELECT", "INSERT", "DELETE"},
     "jobs_pipeline.api_tokens": {"SELECT", "INSERT", "UPDATE"},
+    "jobs_pipeline.ui_actions": {"SELECT", "INSERT", "UPDATE"},
     "jobs_pipeline.alembic_version": {"SELECT"},
 }
 COLUMN_UPDATES = {
@@ -335,7 +348,7 @@ def test_an_undo_runs_as_the_role(job, tables, engine, runner_db, instance):
     assert {table.name: comparable(engine, table) for table in tables} == before
 
 
-def test_why_and_admin_api_tokens_work_as_the_role(engine, runner_engine):
+def test_why_admin_api_tokens_and_the_door_work_as_the_role(engine, runner_engine):
     with engine.begin() as c:
         admin = add_user(c, email="root@example.com", role="admin")
 
@@ -344,6 +357,13 @@ def test_why_and_admin_api_tokens_work_as_the_role(engine, runner_engine):
     with runner_engine.begin() as c:
         caller = authenticate(c, token)
     assert caller is not None and caller.user_id == admin and caller.is_admin
+    with runner_engine.begin() as c:  # what the door does at each request, and records
+        assert caller_of_token(c, token_id) == caller
+        assert role_of_email(c, "ROOT@example.com") == ("root@example.com", "admin")
+        action = record_action(c, "root@example.com", "stopSensor", "stopSensor", {})
+        finish_action(c, action, run_ids=["r1"], backfill_id=None, outcome="ok")
+        assert [a.outcome for a in actions_on_run(c, "r1")] == ["ok"]
+        assert [a.action_id for a in recent_actions(c, 5)] == [action]
     with runner_engine.begin() as c:
         assert revoke_token(c, token_id)
     with runner_engine.begin() as c:

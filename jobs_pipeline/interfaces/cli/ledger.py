@@ -1,5 +1,6 @@
 """`undo` and `why`: what a run changed, taken back or explained."""
 
+import os
 from datetime import UTC
 from typing import Any
 
@@ -48,22 +49,76 @@ def command_why(id_or_email: str) -> int:
 
 
 def command_why_run(run_id: str) -> int:
+    from jobs_pipeline.steps.scheduling import BACKFILL_TAG
     from jobs_pipeline.storage.ledger import changes_of_run
+    from jobs_pipeline.storage.ui_actions import actions_on_run
 
+    run_id = run_id.strip()
     engine = project_engine()
     try:
+        run = run_in_instance(run_id)
+        backfill_id = run.tags.get(BACKFILL_TAG) if run is not None else None
         with engine.connect() as connection:
-            entries = changes_of_run(connection, run_id.strip())
+            entries = changes_of_run(connection, run_id)
+            actions = actions_on_run(connection, run_id, backfill_id)
     finally:
         engine.dispose()
+    for line in who_started(run, actions):
+        print(line)
     if not entries:
         print(
-            f"no changes are recorded for run {run_id.strip()} (it changed nothing, is past"
+            f"no changes are recorded for run {run_id} (it changed nothing, is past"
             " the ledger's retention, or its job keeps no ledger: the rollup)"
         )
         return 0
     print_changes(entries)
     return 0
+
+
+def run_in_instance(run_id: str) -> Any:
+    """The run as the instance records it (its tags say who started it); None without an
+    instance (`DAGSTER_HOME` unset and no `dev` instance for this database) or such a run.
+    """
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_run_by_id(run_id)
+
+
+def who_started(run: Any, actions: list[Any]) -> list[str]:
+    """The run's origin from its tags, then what was done to it in the UI, and by whom."""
+    lines = []
+    if run is not None:
+        lines.append(
+            f"run {run.run_id} ({run.job_name}, {run.status.value}): {origin_of(run.tags)}"
+        )
+    for action in actions:
+        when = action.acted_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append(f"{when}  in the UI, {action.email}: {action.summary} ({action.outcome})")
+    return lines
+
+
+def origin_of(tags: dict[str, str]) -> str:
+    from jobs_pipeline.steps.scheduling import (
+        BACKFILL_TAG,
+        SCHEDULE_TAG,
+        SENSOR_TAG,
+        TRIGGERED_BY_TAG,
+    )
+
+    if TRIGGERED_BY_TAG in tags:
+        origin = f"started by {tags[TRIGGERED_BY_TAG]}"
+    elif SCHEDULE_TAG in tags:
+        origin = f"started by the schedule {tags[SCHEDULE_TAG]}"
+    elif SENSOR_TAG in tags:
+        origin = f"started by the sensor {tags[SENSOR_TAG]}"
+    else:
+        origin = "started outside the CLI, the API and the door (no jobs_pipeline/triggered_by)"
+    if BACKFILL_TAG in tags:
+        origin += f", in backfill {tags[BACKFILL_TAG]}"
+    return origin
 
 
 def print_changes(entries: list[Any]) -> None:

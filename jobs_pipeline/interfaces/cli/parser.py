@@ -12,6 +12,7 @@ from jobs_pipeline.interfaces.cli.tokens import (
     command_token_create,
     command_token_list,
     command_token_revoke,
+    command_ui_actions,
 )
 
 EXAMPLES = """\
@@ -148,7 +149,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="how long a request waits for its run before answering 202 (default 30)",
     )
-    api.set_defaults(
-        command=lambda args: command_admin_api(args.host, args.port, args.wait_seconds)
+    api.add_argument(
+        "--ui",
+        metavar="URL",
+        help=(
+            "serve the door in front of the Dagster UI (nginx, docs/deploying.md): the admins'"
+            " webserver, e.g. http://127.0.0.1:3000; needs UI_SESSION_SECRET"
+        ),
     )
+    api.add_argument(
+        "--ui-read-only",
+        metavar="URL",
+        help="with --ui: the viewers' webserver (dagster-webserver --read-only)",
+    )
+    api.add_argument(
+        "--ui-sso-email-header",
+        metavar="HEADER",
+        help=(
+            "with --ui, behind a company sign-on's proxy: take the user's email from this"
+            " request header (e.g. X-Forwarded-Email) instead of a token's sign-in"
+        ),
+    )
+    api.set_defaults(
+        command=lambda args: command_admin_api(
+            args.host,
+            args.port,
+            args.wait_seconds,
+            ui=args.ui,
+            ui_read_only=args.ui_read_only,
+            ui_sso_email_header=args.ui_sso_email_header,
+        )
+    )
+
+    ui_actions = commands.add_parser(
+        "ui-actions", help="what was done in the Dagster UI through the door, and by whom"
+    )
+    ui_actions.add_argument(
+        "--limit", type=int, default=50, help="how many of the latest to show (default 50)"
+    )
+    ui_actions.set_defaults(command=lambda args: command_ui_actions(args.limit))
     return parser

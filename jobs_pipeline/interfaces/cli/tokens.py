@@ -1,4 +1,6 @@
-"""`token` and `admin-api`: the admin API's tokens, and serving it."""
+"""`token`, `admin-api` and `ui-actions`: the admin API's tokens, serving it (and the door
+in front of the UI), and what was done through the door.
+"""
 
 import os
 import sys
@@ -90,12 +92,22 @@ def command_token_revoke(token_id: int) -> int:
     return 0
 
 
-def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
+def command_admin_api(
+    host: str,
+    port: int,
+    wait_seconds: float,
+    *,
+    ui: str | None,
+    ui_read_only: str | None,
+    ui_sso_email_header: str | None,
+) -> int:
     import uvicorn
 
     from jobs_pipeline.interfaces.admin_api import create_app
     from jobs_pipeline.interfaces.launch import open_instance
 
+    door = door_settings(ui, ui_read_only, ui_sso_email_header)
+    log_to_stderr()
     engine = project_engine()
     if not os.environ.get("DAGSTER_HOME"):
         engine.dispose()
@@ -107,7 +119,11 @@ def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
     try:
         with open_instance() as instance:
             app = create_app(
-                engine, instance, wait_seconds=wait_seconds, stopping=lambda: server.should_exit
+                engine,
+                instance,
+                wait_seconds=wait_seconds,
+                stopping=lambda: server.should_exit,
+                door=door,
             )
             # After SIGTERM, requests waiting for their runs are answered 202 (the runs go
             # on); any other request in flight gets a few seconds.
@@ -119,3 +135,68 @@ def command_admin_api(host: str, port: int, wait_seconds: float) -> int:
     finally:
         engine.dispose()
     return 0
+
+
+def door_settings(ui: str | None, ui_read_only: str | None, sso_email_header: str | None) -> Any:
+    """The door's settings when `--ui` asks for it; a usage error names what is missing."""
+    from jobs_pipeline.interfaces.door.session import DoorMisconfigured, DoorSettings
+
+    if ui is None and ui_read_only is None:
+        if sso_email_header is not None:
+            raise UsageError("--ui-sso-email-header goes with --ui and --ui-read-only")
+        return None
+    if ui is None or ui_read_only is None:
+        raise UsageError(
+            "the door needs both webservers: --ui (the admins') and --ui-read-only (the"
+            " viewers', started with --read-only)"
+        )
+    try:
+        return DoorSettings.from_environment(ui, ui_read_only, sso_email_header)
+    except DoorMisconfigured as problem:
+        raise UsageError(str(problem)) from None
+
+
+def command_ui_actions(limit: int) -> int:
+    from jobs_pipeline.storage.ui_actions import recent_actions
+
+    if limit < 1:
+        raise UsageError("--limit takes a positive number")
+    engine = project_engine()
+    try:
+        with engine.connect() as connection:
+            actions = recent_actions(connection, limit)
+    finally:
+        engine.dispose()
+    rows = [("ID", "WHEN (UTC)", "WHO", "WHAT", "RUNS", "OUTCOME")]
+    rows += [
+        (
+            str(action.action_id),
+            utc_minute(action.acted_at),
+            action.email,
+            action.summary,
+            what_it_made(action.run_ids, action.backfill_id),
+            action.outcome,
+        )
+        for action in actions
+    ]
+    print_table(rows)
+    return 0
+
+
+def what_it_made(run_ids: list[str], backfill_id: str | None) -> str:
+    made = [*run_ids, *([f"backfill {backfill_id}"] if backfill_id else [])]
+    return ", ".join(made) or "-"
+
+
+def log_to_stderr() -> None:
+    """The project's own log lines (who signed in, what the door recorded, refusals) on
+    stderr beside uvicorn's, which configures only its own loggers.
+    """
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    project = logging.getLogger("jobs_pipeline")
+    project.addHandler(handler)
+    project.setLevel(logging.INFO)
+    project.propagate = False
