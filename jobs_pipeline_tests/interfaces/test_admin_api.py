@@ -19,13 +19,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy import Engine, update
 
-from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.app_tables import global_config, users
-from jobs_pipeline.storage.engine import create_app_engine
-from jobs_pipeline.storage.schema_migrations import upgrade
-from jobs_pipeline_tests.support.app_data import add_expired_user, add_user, db_now, set_override
+from jobs_pipeline_tests.support.app_data import add_expired_user, db_now, set_override
 from jobs_pipeline_tests.support.deadlines import deadline, wait_until
-from jobs_pipeline_tests.support.deployed_runs import runs_where
+from jobs_pipeline_tests.support.deployed_runs import deployment_databases, runs_where
 from jobs_pipeline_tests.support.deployment import Deployment, running_deployment
 from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, free_port, tail, wait_for_url
 
@@ -105,19 +102,14 @@ def api(postgres, tmp_path_factory) -> Iterator[Api]:
     (whose queue runs what the API starts), and the API beside them on one instance.
     """
     folder = tmp_path_factory.mktemp("api")
-    postgres.ensure_database("admin_api_app")
-    postgres.ensure_database("admin_api_dagster")
-    url = postgres.url("admin_api_app")
-    engine = create_app_engine(url)
-    create_app_schema(engine)
-    upgrade(url)
-    with engine.begin() as c:
-        add_user(c, email="admin@example.com", role="admin")
-        add_user(c, email="trader@example.com", role="user")
-        add_user(c, email="boss@example.com", role="admin")
-    storage = postgres.url("admin_api_dagster", "postgresql+psycopg2")
+    databases = deployment_databases(
+        postgres,
+        "admin_api",
+        {"admin@example.com": "admin", "trader@example.com": "user", "boss@example.com": "admin"},
+    )
+    url, engine = databases.app_url, databases.engine
     try:
-        with running_deployment(folder, url, storage) as deployment:
+        with running_deployment(folder, url, databases.dagster_url) as deployment:
             base = start_api(deployment, "admin-api")
             env = deployment.code_environment
             yield Api(

@@ -29,11 +29,8 @@ from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.steps.scheduling import BACKFILL_TAG, TRIGGERED_BY_TAG
 from jobs_pipeline.steps.writers import DRY_RUN_TAG
-from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.app_tables import users
-from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import ui_actions
-from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.support.app_data import add_user
 from jobs_pipeline_tests.support.browser import (
     VIEWPORT,
@@ -45,6 +42,7 @@ from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployed_runs import (
     LAUNCH_PARTITION_BACKFILL,
     backfill_params,
+    deployment_databases,
     execution_params,
     launch_run,
     run_record,
@@ -114,19 +112,12 @@ class Site:
 @pytest.fixture(scope="module")
 def site(postgres, tmp_path_factory) -> Iterator[Site]:
     folder = tmp_path_factory.mktemp("door")
-    postgres.ensure_database("door_app")
-    postgres.ensure_database("door_dagster")
-    url = postgres.url("door_app")
-    engine = create_app_engine(url)
-    create_app_schema(engine)
-    upgrade(url)
-    with engine.begin() as c:
-        add_user(c, email=ADMIN, role="admin")
-        add_user(c, email=TRADER, role="user")
-        add_user(c, email=VIEWER, role="user")
-    storage = postgres.url("door_dagster", "postgresql+psycopg2")
+    databases = deployment_databases(
+        postgres, "door", {ADMIN: "admin", TRADER: "user", VIEWER: "user"}
+    )
+    engine = databases.engine
     try:
-        with running_deployment(folder, url, storage) as deployment:
+        with running_deployment(folder, databases.app_url, databases.dagster_url) as deployment:
             door = open_door(deployment, viewers=f"{VIEWER.upper()}, someone@example.com")
             # What the UI's "Skip" on its newsletter dialog records: no dialog over the pages.
             deployment.graphql("mutation { setNuxSeen }")

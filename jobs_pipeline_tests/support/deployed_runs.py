@@ -13,6 +13,7 @@ rather than on a lock, because the jobs' connections set a 2-second lock_timeout
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ from psycopg import sql
 from sqlalchemy import Engine, text
 
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY
+from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.storage.engine import create_app_engine
+from jobs_pipeline.storage.schema_migrations import upgrade
+from jobs_pipeline_tests.support.app_data import add_user
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployment import (
     LOCATION_NAME,
@@ -60,6 +65,35 @@ def dagster_db_url(postgres: EmbeddedPostgres) -> Iterator[str]:
         connection.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@dataclass
+class DeploymentDatabases:
+    """A module's own app database (its schema and users laid in) and Dagster storage."""
+
+    app_url: str
+    engine: Engine
+    dagster_url: str
+
+
+def deployment_databases(
+    postgres: EmbeddedPostgres, prefix: str, users: dict[str, str]
+) -> DeploymentDatabases:
+    """`<prefix>_app` with the contract's schema, the project's, and `users` (email: role);
+    `<prefix>_dagster`, empty, for Dagster's storage.
+    """
+    postgres.ensure_database(f"{prefix}_app")
+    postgres.ensure_database(f"{prefix}_dagster")
+    url = postgres.url(f"{prefix}_app")
+    engine = create_app_engine(url)
+    create_app_schema(engine)
+    upgrade(url)
+    with engine.begin() as connection:
+        for email, role in users.items():
+            add_user(connection, email=email, role=role)
+    return DeploymentDatabases(
+        url, engine, postgres.url(f"{prefix}_dagster", "postgresql+psycopg2")
+    )
 
 
 @pytest.fixture
