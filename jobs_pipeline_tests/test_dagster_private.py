@@ -17,7 +17,7 @@ from jobs_pipeline import dagster_private
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import DEFINITIONS_MODULE, LOCATION_NAME, op_config_for
 from jobs_pipeline_tests.support.deadlines import deadline
-from jobs_pipeline_tests.support.processes import free_port
+from jobs_pipeline_tests.support.processes import free_port, stop_process
 
 # Lazy loading: a code server whose code fails to load still answers, with the error.
 DAGSTER_API_GRPC = [sys.executable, "-m", "dagster", "api", "grpc", "--lazy-load-user-code"]
@@ -140,7 +140,6 @@ def test_a_code_server_says_whether_it_loads_the_code(tmp_path):
         assert "no such thing here" in (answer_of(broken) or "")
     finally:
         for server in servers:
-            server.terminate()
-            server.wait(timeout=60)
+            stop_process(server)
     with pytest.raises(Exception, match="Could not reach"):
         dagster_private.code_server_load_error("127.0.0.1", free_port())

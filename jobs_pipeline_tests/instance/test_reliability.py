@@ -23,7 +23,7 @@ from jobs_pipeline_tests.support.app_data import (
     rows_past_slow_trigger,
     slow_trigger,
 )
-from jobs_pipeline_tests.support.deadlines import finish, wait_until
+from jobs_pipeline_tests.support.deadlines import deadline, finish, wait_until
 from jobs_pipeline_tests.support.journal_data import (
     as_records,
     expected_stats,
@@ -66,7 +66,7 @@ def test_two_runs_at_once_downgrade_each_user_exactly_once(engine, app_db_url):
         start_job_process(app_db_url, "tier_expiration", batch_size=7, allow_large=True)
         for _ in range(2)
     ]
-    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    outputs = [run.communicate(timeout=deadline(120))[0] for run in runs]
 
     assert [run.returncode for run in runs] == [0, 0]
     processed = [json.loads(out.strip().splitlines()[-1])["processed"] for out in outputs]

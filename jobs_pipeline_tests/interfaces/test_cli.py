@@ -23,7 +23,7 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
     user_row,
 )
-from jobs_pipeline_tests.support.deadlines import wait_until
+from jobs_pipeline_tests.support.deadlines import deadline, wait_until
 from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, cli_environment
 from jobs_pipeline_tests.support.processes import run_cli as jobs_pipeline
 from jobs_pipeline_tests.support.running import result_of_run
@@ -331,7 +331,7 @@ def test_a_run_past_the_queue_waits_for_another_writer_of_its_table(engine, env,
         finally:
             other_writer.execute(select(func.pg_advisory_unlock(*writer_lock_key("users"))))
             other_writer.commit()
-        stdout, stderr = run.communicate(timeout=300)
+        stdout, stderr = run.communicate(timeout=deadline(300))
 
     assert run.returncode == 0, stderr[-3000:]
     assert "which is writing users" in stderr, stderr[-3000:]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from jobs_pipeline.definitions import defs
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployment import REPOSITORY
 from jobs_pipeline_tests.support.processes import (
     cli_environment,
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 COMMAND_DEADLINE_S = 180
 STARTUP_DEADLINE_S = 120
-STOP_DEADLINE_S = 60
+STOP_DEADLINE_S = deadline(60)
 
 JOBS = sorted(job.name for job in defs.resolve_all_job_defs())
 JOBS_QUERY = "{ repositoriesOrError { ... on RepositoryConnection { nodes { jobs { name } } } } }"

@@ -52,6 +52,7 @@ from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import add_expired_user, add_user, db_now, set_override
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployment import REPOSITORY, Deployment
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
@@ -71,7 +72,7 @@ PROMTOOL = Path("/usr/bin/promtool")
 
 # Deadlines for waiting, never assertions about speed.
 SERVER_DEADLINE_S = 120
-STOP_DEADLINE_S = 20
+STOP_DEADLINE_S = deadline(20)
 SCRAPED_DEADLINE_S = 120
 # The rule fires once the last heartbeat is 5 minutes old; the daemon beats about every
 # 30 s, and Prometheus scrapes and evaluates every few seconds.

@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs_pipeline_tests.support.deadlines import deadline
+
 LIVE_TEST = (
     "test_monitoring_from_outside.py::test_prometheus_fires_daemon_down_once_the_daemon_is_killed"
 )
@@ -50,7 +52,7 @@ SCRAPED_DEADLINE_S = 120
 DAEMON_DOWN_DEADLINE_S = 9 * 60
 # The whole scenario: starting it all, the wait, stopping it all.
 SCENARIO_DEADLINE_S = DAEMON_DOWN_DEADLINE_S + 4 * 60
-STOP_DEADLINE_S = 60
+STOP_DEADLINE_S = deadline(60)
 # A scrape's timeout can be no longer than its interval: a scrape slowed past it by a busy
 # machine would drop the series (and the alert with them) until the next one.
 SCRAPE_INTERVAL = "5s"

@@ -167,3 +167,15 @@ def kill(process: subprocess.Popen, engine: Engine) -> None:
                 return
         time.sleep(0.1)
     raise AssertionError("the killed process's database sessions did not end")
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL once the grace is over: a stop on the way out, whatever the
+    process does with SIGTERM (Dagster's code server ignores it for a while).
+    """
+    process.terminate()
+    try:
+        process.wait(timeout=deadline(grace_s))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
