@@ -387,7 +387,7 @@ def create_app(
             queue = stack.enter_context(RunQueue(instance))
             app.state.api = AdminApi(app_engine, queue, wait_seconds, stopping)
             if door is not None:
-                await stack.enter_async_context(opened_door(app, door, app_engine))
+                await stack.enter_async_context(opened_door(app, door, app_engine, instance))
             if not daemon_serves(instance):
                 log.warning(
                     "admin API: no Dagster daemon serves this instance yet; runs wait in its"

@@ -313,37 +313,49 @@ def test_re_executions_and_backfills_through_the_door_carry_who_started_them(sit
     assert f"in the UI, {ADMIN}: launchPartitionBackfill" in why.stdout, why.stdout
 
 
-def test_schedules_turned_off_and_on_and_runs_terminated_are_recorded(site):
+def test_schedules_and_sensors_switched_runs_terminated_and_deleted_are_recorded(site):
     admin = site.door.session_of(site.tokens[ADMIN])
-    selector = {
-        "repositoryLocationName": "jobs_pipeline",
-        "repositoryName": "__repository__",
-        "scheduleName": "tier_expiration_schedule",
-    }
-    started = site.door.graphql(admin, START_SCHEDULE, scheduleSelector=selector).json()
-    assert "errors" not in started, started
-    state_id = started["data"]["startSchedule"]["scheduleState"]["id"]
-    stopped = site.door.graphql(admin, STOP_SCHEDULE, id=state_id).json()
-    assert "errors" not in stopped, stopped
-    launched = site.door.graphql(admin, LAUNCH, executionParams=dry_run_params()).json()
-    run_id = launched["data"]["launchPipelineExecution"]["run"]["runId"]
-    site.door.graphql(admin, TERMINATE, runIds=[run_id])
+    repository = {"repositoryLocationName": "jobs_pipeline", "repositoryName": "__repository__"}
+    schedule = {**repository, "scheduleName": "tier_expiration_schedule"}
+    sensor = {**repository, "sensorName": "alert_redelivery_sensor"}
+
+    def write(mutation: str, **variables: object) -> dict:
+        answer = site.door.graphql(admin, mutation, **variables).json()
+        assert "errors" not in answer, answer
+        return answer["data"]
+
+    schedule_state = write(START_SCHEDULE, scheduleSelector=schedule)["startSchedule"]
+    write(STOP_SCHEDULE, id=schedule_state["scheduleState"]["id"])
+    sensor_state = write(START_SENSOR, sensorSelector=sensor)["startSensor"]["sensorState"]
+    write(STOP_SENSOR, id=sensor_state["id"])
+    write(START_SENSOR, sensorSelector=sensor)  # as it was: running
+    launched = write(LAUNCH, executionParams=dry_run_params())["launchPipelineExecution"]
+    run_id = launched["run"]["runId"]
+    write(TERMINATE, runIds=[run_id])
+    wait_for_end(site.door.deployment, run_id)
+    assert write(DELETE, runId=run_id)["deleteRun"]["__typename"] == "DeletePipelineRunSuccess"
 
     with site.engine.connect() as c:
         latest = c.execute(
             select(ui_actions.c.email, ui_actions.c.summary, ui_actions.c.outcome)
             .order_by(ui_actions.c.id.desc())
-            .limit(4)
+            .limit(8)
         ).all()
     assert list(reversed(latest)) == [
         (ADMIN, "startSchedule scheduleName=tier_expiration_schedule", "ok"),
-        (ADMIN, "stopRunningSchedule", "ok"),
+        (ADMIN, "stopRunningSchedule instigatorName=tier_expiration_schedule", "ok"),
+        (ADMIN, "startSensor sensorName=alert_redelivery_sensor", "ok"),
+        (ADMIN, "stopSensor instigatorName=alert_redelivery_sensor", "ok"),
+        (ADMIN, "startSensor sensorName=alert_redelivery_sensor", "ok"),
         (ADMIN, f"launchPipelineExecution jobName={TIER_JOB}", "ok"),
         (ADMIN, f"terminateRuns runIds={run_id}", "ok"),
+        (ADMIN, f"deleteRun runId={run_id}", "ok"),
     ]
-    (launch, terminate) = actions_on(site, run_id)
-    assert launch["action"] == "launchPipelineExecution"
-    assert terminate["action"] == "terminateRuns"
+    assert [a["action"] for a in actions_on(site, run_id)] == [
+        "launchPipelineExecution",
+        "terminateRuns",
+        "deleteRun",
+    ]
 
 
 def test_a_write_over_the_websocket_is_refused(site):
@@ -656,6 +668,27 @@ mutation Reexecute($reexecutionParams: ReexecutionParams) {
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
   }
+}
+"""
+
+START_SENSOR = """
+mutation Start($sensorSelector: SensorSelector!) {
+  startSensor(sensorSelector: $sensorSelector) {
+    __typename
+    ... on Sensor { sensorState { id } }
+  }
+}
+"""
+
+STOP_SENSOR = """
+mutation Stop($id: String) {
+  stopSensor(id: $id) { __typename }
+}
+"""
+
+DELETE = """
+mutation Delete($runId: String!) {
+  deleteRun(runId: $runId) { __typename }
 }
 """
 

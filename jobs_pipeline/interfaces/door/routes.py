@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import dagster as dg
 import httpx
 from fastapi import APIRouter, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -103,9 +104,16 @@ class NotAllowed:
 class Door:
     """What every route of the door needs: its settings, the app database, the webservers."""
 
-    def __init__(self, settings: DoorSettings, app_engine: Engine, client: httpx.AsyncClient):
+    def __init__(
+        self,
+        settings: DoorSettings,
+        app_engine: Engine,
+        instance: dg.DagsterInstance,
+        client: httpx.AsyncClient,
+    ):
         self.settings = settings
         self.app_engine = app_engine
+        self.instance = instance
         self.client = client
 
     def holder_of(self, connection: HTTPConnection) -> Holder | NotAllowed | None:
@@ -144,6 +152,20 @@ class Door:
             caller = authenticate(connection, token)
         return None if caller is None else self.granted(caller.email, caller.role, caller.token_id)
 
+    def state_names(self, write: UiWrite) -> dict[str, str]:
+        """The names of the schedules or sensors a write names only by their state's id."""
+        ids = write.state_ids()
+        if not ids:
+            return {}
+        # The UI's id is Dagster's compound one, the state's origin id and its selector id
+        # joined; an older UI sends the origin id alone.
+        names = sorted(
+            state.instigator_name
+            for state in self.instance.all_instigator_state()
+            if any(state.instigator_origin_id in state_id for state_id in ids)
+        )
+        return {"instigatorName": ",".join(names)} if names else {}
+
     def record(self, holder: Holder, write: UiWrite) -> int:
         with self.app_engine.begin() as connection:
             return record_action(
@@ -175,12 +197,12 @@ def door_of(connection: Request | WebSocket) -> Door:
 
 @contextlib.asynccontextmanager
 async def opened_door(
-    app: FastAPI, settings: DoorSettings, app_engine: Engine
+    app: FastAPI, settings: DoorSettings, app_engine: Engine, instance: dg.DagsterInstance
 ) -> AsyncIterator[None]:
     """The door's state for the app's lifetime: one HTTP client for the webservers."""
     timeout = httpx.Timeout(120.0, connect=10.0)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-        app.state.door = Door(settings, app_engine, client)
+        app.state.door = Door(settings, app_engine, instance, client)
         yield
 
 
@@ -404,6 +426,7 @@ async def recorded_write(door: Door, request: Request, holder: Holder, write: Ui
     """Recorded first, then passed on with its runs tagged, then finished with its outcome:
     a write never reaches the webserver unrecorded.
     """
+    write.named = await run_in_threadpool(door.state_names, write)
     action_id = await run_in_threadpool(door.record, holder, write)
     body = write.tagged(f"ui:{holder.email}")
     try:

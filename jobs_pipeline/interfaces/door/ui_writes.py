@@ -10,6 +10,7 @@ are Dagster's GraphQL schema's.
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import yaml
@@ -42,6 +43,11 @@ RUN_STARTING: dict[str, dict[str, tuple[str, ...]]] = {
     "launchPartitionBackfill": {"backfillParams": BACKFILL_TAGS},
     "reexecutePartitionBackfill": {"reexecutionParams": EXTRA_TAGS},
 }
+# Mutations that name a schedule or sensor only by its state's id: the door looks its name up.
+BY_STATE_ID: dict[str, tuple[str, ...]] = {
+    "stopRunningSchedule": ("id", "scheduleOriginId"),
+    "stopSensor": ("id", "jobOriginId"),
+}
 # Mutations that change nothing anyone runs on: the UI's own bookkeeping.
 NOT_WRITES = frozenset({"logTelemetry", "setNuxSeen"})
 # The variables that say what a write was about, in the order a summary names them.
@@ -50,6 +56,7 @@ SUBJECT_KEYS = (
     "pipelineName",
     "scheduleName",
     "sensorName",
+    "instigatorName",
     "partitionNames",
     "runId",
     "runIds",
@@ -70,10 +77,12 @@ class UiWrite:
 
     request: dict[str, Any]
     fields: list[FieldNode]
+    # Names looked up for what the request names only by id (a schedule's state).
+    named: dict[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def action(self) -> str:
-        return ", ".join(field.name.value for field in self.fields)
+        return ", ".join(selection.name.value for selection in self.fields)
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -83,15 +92,15 @@ class UiWrite:
     def tagged(self, who: str) -> bytes:
         """The request with `jobs_pipeline/triggered_by=who` on every run it starts."""
         variables = self.variables
-        for field in self.fields:
-            for argument, path in RUN_STARTING.get(field.name.value, {}).items():
-                for params in argument_values(field, argument, variables):
+        for selection in self.fields:
+            for argument, path in RUN_STARTING.get(selection.name.value, {}).items():
+                for params in argument_values(selection, argument, variables):
                     set_tag(params, path, who)
         return json.dumps({**self.request, "variables": variables}).encode()
 
     def summary(self) -> str:
         """The mutation and what it was about: `launchPipelineExecution jobName=...`."""
-        subjects = dict(subjects_in(self.variables))
+        subjects = {**dict(subjects_in(self.variables)), **self.named}
         if len(subjects) > 1:  # the code location is a subject only when it is the only one
             subjects.pop("repositoryLocationName", None)
         named = " ".join(
@@ -103,7 +112,22 @@ class UiWrite:
         """The request's variables as kept with the record: a run config keeps only its
         ops' config (resources may hold credentials), and no string keeps a password.
         """
-        return {"operationName": self.request.get("operationName"), **scrubbed(self.variables)}
+        return {
+            "operationName": self.request.get("operationName"),
+            **scrubbed(self.variables),
+            **self.named,
+        }
+
+    def state_ids(self) -> list[str]:
+        """The schedule or sensor states the request names by id only."""
+        return [
+            str(self.variables[node.value.name.value])
+            for selection in self.fields
+            for node in selection.arguments
+            if node.name.value in BY_STATE_ID.get(selection.name.value, ())
+            and isinstance(node.value, VariableNode)
+            and self.variables.get(node.value.name.value)
+        ]
 
 
 def ui_write(body: bytes, content_type: str) -> UiWrite | None:
@@ -119,15 +143,15 @@ def ui_write(body: bytes, content_type: str) -> UiWrite | None:
     fields = [f for f in operation.selection_set.selections if isinstance(f, FieldNode)]
     if len(fields) != len(operation.selection_set.selections):
         raise RefusedWrite("a mutation through the door names its fields, without fragments")
-    if all(field.name.value in NOT_WRITES for field in fields):
+    if all(selection.name.value in NOT_WRITES for selection in fields):
         return None
     write = UiWrite(request, fields)
-    for field in fields:
-        for argument in RUN_STARTING.get(field.name.value, {}):
-            for node in field.arguments:
+    for selection in fields:
+        for argument in RUN_STARTING.get(selection.name.value, {}):
+            for node in selection.arguments:
                 if node.name.value == argument and not isinstance(node.value, VariableNode):
                     raise RefusedWrite(
-                        f"{field.name.value} through the door passes {argument} as a variable,"
+                        f"{selection.name.value} through the door passes {argument} as a variable,"
                         " so that the runs it starts can be tagged with who started them"
                     )
     return write
@@ -183,9 +207,11 @@ def chosen_operation(request: dict[str, Any]) -> OperationDefinitionNode | None:
     return operations[0] if len(operations) == 1 else None
 
 
-def argument_values(field: FieldNode, argument: str, variables: dict[str, Any]) -> Iterator[dict]:
-    """The value (each value, for a list) the field's `argument` variable holds."""
-    for node in field.arguments:
+def argument_values(
+    selection: FieldNode, argument: str, variables: dict[str, Any]
+) -> Iterator[dict]:
+    """The value (each value, for a list) the selection's `argument` variable holds."""
+    for node in selection.arguments:
         if node.name.value != argument or not isinstance(node.value, VariableNode):
             continue
         value = variables.get(node.value.name.value)
