@@ -22,6 +22,7 @@ from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_post
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.support.dev_server import stop_orphaned_postgres
+from jobs_pipeline_tests.support.running import temporary_instance
 
 pytest_plugins = [
     "jobs_pipeline_tests.support.receivers",
@@ -93,7 +94,7 @@ def db(app_db_url: str) -> AppDatabase:
 @pytest.fixture(scope="session")
 def instance() -> Iterator[dg.DagsterInstance]:
     """A real Dagster instance (temporary folder, its own run and event storage)."""
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         yield instance
 
 

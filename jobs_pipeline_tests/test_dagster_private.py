@@ -18,6 +18,7 @@ from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import DEFINITIONS_MODULE, LOCATION_NAME, op_config_for
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import free_port, stop_process
+from jobs_pipeline_tests.support.running import temporary_instance
 
 # Lazy loading: a code server whose code fails to load still answers, with the error.
 DAGSTER_API_GRPC = [sys.executable, "-m", "dagster", "api", "grpc", "--lazy-load-user-code"]
@@ -30,7 +31,7 @@ def test_a_run_is_queued_from_an_in_process_workspace_with_its_jobs_tags(monkeyp
     job = defs.resolve_job_def("global_override_check")
     run_config = op_config_for(job, dry_run=True)
     with (
-        dg.instance_for_test(overrides={"run_coordinator": QUEUED}) as instance,
+        temporary_instance(overrides={"run_coordinator": QUEUED}) as instance,
         dagster_private.in_process_workspace(
             instance, DEFINITIONS_MODULE, LOCATION_NAME
         ) as workspace,
@@ -71,7 +72,7 @@ def failing_job() -> None:
 
 
 def run_failures(job: dg.JobDefinition) -> list[bool]:
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
         events = result.all_events
     return [

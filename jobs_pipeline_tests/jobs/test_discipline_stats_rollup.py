@@ -30,7 +30,12 @@ from jobs_pipeline_tests.support.journal_data import (
     make_journals,
     stored_stats,
 )
-from jobs_pipeline_tests.support.running import failure_message, job_result, log_messages
+from jobs_pipeline_tests.support.running import (
+    failure_message,
+    job_result,
+    log_messages,
+    temporary_instance,
+)
 
 rollup_job = defs.resolve_job_def("discipline_stats_rollup")
 
@@ -185,7 +190,7 @@ def test_each_shard_records_its_own_counts(engine, db, instance):
 def test_a_range_records_exactly_its_shards_with_their_own_counts(engine, db):
     make_journals(engine, seed=22, user_count=120)
 
-    with dg.instance_for_test() as fresh_instance:
+    with temporary_instance() as fresh_instance:
         execution = run_rollup(db, fresh_instance, tags=SOME_SHARDS)
 
         assert execution.success
@@ -204,7 +209,7 @@ def test_a_range_records_exactly_its_shards_with_their_own_counts(engine, db):
 def test_a_run_with_no_partition_recomputes_every_shard(engine, db):
     user_ids = make_journals(engine, seed=23, user_count=90)
 
-    with dg.instance_for_test() as fresh_instance:
+    with temporary_instance() as fresh_instance:
         execution = run_rollup(db, fresh_instance, tags=NO_PARTITION)
 
         assert execution.success
@@ -432,7 +437,7 @@ def test_the_freshness_check_allows_26_hours(engine, db, tags):
         jobs=[checks_job],
         resources={"db": db},
     )
-    with dg.instance_for_test() as fresh_instance:
+    with temporary_instance() as fresh_instance:
         never = check_defs.resolve_job_def("freshness").execute_in_process(instance=fresh_instance)
         (stale,) = never.get_asset_check_evaluations()
         assert stale.passed is False

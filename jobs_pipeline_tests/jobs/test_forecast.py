@@ -28,7 +28,12 @@ from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import db_now, set_override
 from jobs_pipeline_tests.support.receivers import SmtpServer, WebhookServer
-from jobs_pipeline_tests.support.running import failure_message, job_result, log_messages
+from jobs_pipeline_tests.support.running import (
+    failure_message,
+    job_result,
+    log_messages,
+    temporary_instance,
+)
 
 # What the 30 recorded nights downgraded: 285 to 315, about 300.
 NIGHTS = [285 + (7 * night) % 31 for night in range(30)]
@@ -64,7 +69,7 @@ def history(postgres: EmbeddedPostgres) -> Iterator[dg.DagsterInstance]:
     engine = create_app_engine(postgres.url(name))
     db = AppDatabase(url=postgres.url(name), retry_delay_seconds=0.1, max_retries=1)
     add_paying_users(engine, 2_000, None)
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         for count in NIGHTS:
             add_paying_users(engine, count, db_now(engine) - timedelta(hours=1))
             execution = tier_expiration_job.execute_in_process(
@@ -214,7 +219,7 @@ def test_with_no_history_the_fixed_caps_and_a_bad_override_still_alert(
     add_paying_users(engine, 200, now + (next_quarter_past_midnight(now) - now) / 2)
     set_malformed_override(engine)
 
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         execution = forecast_run(db, instance, channels)
         line = forecast_line(instance, execution)
 
@@ -243,7 +248,7 @@ def test_a_channel_that_was_down_gets_the_forecast_alert_from_the_next_run(
     set_malformed_override(engine)
     webhook_server.down = True
 
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         first = forecast_run(db, instance, channels, succeeds=False)
         assert "could not be delivered (global-override-check: webhook)" in failure_message(first)
         assert len(smtp_server.mailbox.received) == 1 and webhook_server.posts == []

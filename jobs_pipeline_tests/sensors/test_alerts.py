@@ -33,7 +33,7 @@ from jobs_pipeline_tests.support.app_data import (
 )
 from jobs_pipeline_tests.support.deadlines import finish, wait_until
 from jobs_pipeline_tests.support.receivers import SmtpServer, WebhookServer
-from jobs_pipeline_tests.support.running import evaluate_failure_alert, run_job
+from jobs_pipeline_tests.support.running import evaluate_failure_alert, run_job, temporary_instance
 
 MALFORMED = {"tier": "gold", "expires_at": "2020-01-01T00:00:00Z"}
 ERROR_LINE = "global_config key 'global_tier_override' is malformed: 'tier' is 'gold'"
@@ -42,7 +42,7 @@ ERROR_LINE = "global_config key 'global_tier_override' is malformed: 'tier' is '
 @pytest.fixture
 def alert_instance() -> Iterator[dg.DagsterInstance]:
     """An instance of the test's own: the sensors look at every run in it."""
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         yield instance
 
 

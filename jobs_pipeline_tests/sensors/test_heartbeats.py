@@ -18,13 +18,14 @@ from jobs_pipeline.resources.heartbeats import Heartbeats
 from jobs_pipeline.sensors.monitoring import PINGED_TAG, SCHEDULE_TAG, heartbeat_sensor
 from jobs_pipeline_tests.support.app_data import set_override
 from jobs_pipeline_tests.support.receivers import PingReceiver
+from jobs_pipeline_tests.support.running import temporary_instance
 
 SCHEDULED = {SCHEDULE_TAG: "global_override_check_schedule"}
 
 
 @pytest.fixture
 def heartbeat_instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with temporary_instance() as instance:
         yield instance
 
 

@@ -27,7 +27,13 @@ from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import add_promo_code, add_user, db_now, table_rows
-from jobs_pipeline_tests.support.running import failure_message, job_result, log_messages, run_job
+from jobs_pipeline_tests.support.running import (
+    failure_message,
+    job_result,
+    log_messages,
+    run_job,
+    temporary_instance,
+)
 
 JOB = "tier_expiration"
 SCHEDULED = {"dagster/schedule_name": "tier_expiration_schedule"}
@@ -105,7 +111,7 @@ def history(postgres) -> Iterator[dg.DagsterInstance]:
     normal must pass over: an operator's manual run, a failed scheduled run, a dry one.
     """
     with (
-        dg.instance_for_test(set_dagster_home=False) as instance,
+        temporary_instance(set_dagster_home=False) as instance,
         scratch_database(postgres) as url,
     ):
         engine = create_app_engine(url)
@@ -202,7 +208,7 @@ def test_a_run_of_330_when_300_is_normal_goes_ahead(engine, db, history):
 
 
 def test_with_only_3_recorded_runs_only_the_fixed_caps_apply(engine, db):
-    with dg.instance_for_test(set_dagster_home=False) as instance:
+    with temporary_instance(set_dagster_home=False) as instance:
         add_paying_users(engine, 2_000, expired=False)
         record_nights(engine, db, instance, [300, 290, 310])
         add_paying_users(engine, 16_000, expired=False)
@@ -249,7 +255,7 @@ def test_promo_cleanup_learns_each_count_with_its_own_floor(engine, db):
     with engine.begin() as c:
         user, code = add_user(c), add_promo_code(c, "WEEKLY")
     add_redemptions(engine, code, user, 1_000, days_ago=10)
-    with dg.instance_for_test(set_dagster_home=False) as instance:
+    with temporary_instance(set_dagster_home=False) as instance:
         for old in (9, 11, 10, 12, 10):
             add_redemptions(engine, code, user, old, days_ago=400)
             execution = promo_cleanup_job.execute_in_process(

@@ -2,6 +2,8 @@
 
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -12,6 +14,24 @@ from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.sensors.monitoring import run_failure_alert_sensor
 from jobs_pipeline.steps.reporting import result_of
+
+# The in-process runs of the tests capture no compute logs: nothing reads them, and
+# Dagster's capture starts two processes per step (`tail -F` and its watcher), some of
+# which outlived their runs inside the test process on a machine with both cores busy.
+NO_COMPUTE_LOGS = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
+@contextmanager
+def temporary_instance(**kwargs: Any) -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance on a temporary folder, for runs in the test's own process."""
+    overrides = {**NO_COMPUTE_LOGS, **kwargs.pop("overrides", {})}
+    with dg.instance_for_test(overrides=overrides, **kwargs) as instance:
+        yield instance
 
 
 def run_job(
