@@ -545,6 +545,35 @@ def test_writes_the_door_could_not_tag_or_record_are_refused(site):
     assert site.door.graphql(admin, "{ version }").status == 200  # a query passes as it is
 
 
+def test_a_write_sent_as_graphql_text_is_recorded_with_what_it_names(site):
+    """`application/graphql`, arguments written into the document: the webserver takes
+    it, so the door records it like any other write, and passes it on as JSON.
+    """
+    admin = site.door.session_of(site.tokens[ADMIN])
+    launched = site.door.graphql(admin, LAUNCH, executionParams=dry_run_params()).json()
+    run_id = launched["data"]["launchPipelineExecution"]["run"]["runId"]
+    wait_for_end(site.door.deployment, run_id)
+    deleted = site.door.request(
+        "POST",
+        "/graphql",
+        cookie=admin,
+        body=f'mutation {{ deleteRun(runId: "{run_id}") {{ __typename }} }}'.encode(),
+        headers={"Content-Type": "application/graphql", "Origin": site.door.url},
+    )
+    assert deleted.status == 200, deleted.text
+    assert deleted.json()["data"]["deleteRun"]["__typename"] == "DeletePipelineRunSuccess"
+    gone = site.door.deployment.graphql(
+        "query Gone($runId: ID!) { runOrError(runId: $runId) { __typename } }", runId=run_id
+    )
+    assert gone["runOrError"]["__typename"] == "RunNotFoundError"
+    (record,) = [a for a in actions_on(site, run_id) if a["action"] == "deleteRun"]
+    assert (record["email"], record["summary"], record["outcome"]) == (
+        ADMIN,
+        f"deleteRun runId={run_id}",
+        "ok",
+    )
+
+
 def test_outside_localhost_the_cookie_is_secure_and_plain_http_is_refused(site):
     form = {"Content-Type": "application/x-www-form-urlencoded", "Host": "dagster.example.com"}
     body = f"token={site.tokens[ADMIN]}".encode()

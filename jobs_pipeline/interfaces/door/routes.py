@@ -430,7 +430,8 @@ async def recorded_write(door: Door, request: Request, holder: Holder, write: Ui
     action_id = await run_in_threadpool(door.record, holder, write)
     body = write.tagged(f"ui:{holder.email}")
     try:
-        answer = await forward(door, request, holder, body)
+        # The tagged request is JSON, whatever it came as (`application/graphql` too).
+        answer = await forward(door, request, holder, body, content_type="application/json")
     except httpx.HTTPError:
         unanswered = WriteOutcome([], None, f"error: {WEBSERVER_SILENT}")
         await run_in_threadpool(door.finish, action_id, unanswered)
@@ -454,9 +455,18 @@ async def passed_on(door: Door, request: Request, holder: Holder, body: bytes) -
         return graphql_error(502, WEBSERVER_SILENT)
 
 
-async def forward(door: Door, request: Request, holder: Holder, body: bytes) -> httpx.Response:
+async def forward(
+    door: Door,
+    request: Request,
+    holder: Holder,
+    body: bytes,
+    content_type: str | None = None,
+) -> httpx.Response:
     url = f"{door.settings.webserver_for(holder.access)}/graphql"
     headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_PASSED_ON}
+    if content_type is not None:
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        headers["Content-Type"] = content_type
     return await door.client.request(
         request.method,
         url,

@@ -19,8 +19,10 @@ from graphql import (
     GraphQLError,
     OperationDefinitionNode,
     OperationType,
+    Undefined,
     VariableNode,
     parse,
+    value_from_ast_untyped,
 )
 
 from jobs_pipeline.resources.alerting import redact
@@ -89,6 +91,17 @@ class UiWrite:
         variables = self.request.get("variables")
         return variables if isinstance(variables, dict) else {}
 
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The fields' arguments, passed as variables or written into the document alike:
+        what the write is about, however the request spelled it.
+        """
+        return {
+            key: value
+            for selection in self.fields
+            for key, value in arguments_of(selection, self.variables).items()
+        }
+
     def tagged(self, who: str) -> bytes:
         """The request with `jobs_pipeline/triggered_by=who` on every run it starts."""
         variables = self.variables
@@ -100,7 +113,7 @@ class UiWrite:
 
     def summary(self) -> str:
         """The mutation and what it was about: `launchPipelineExecution jobName=...`."""
-        subjects = {**dict(subjects_in(self.variables)), **self.named}
+        subjects = {**dict(subjects_in(self.arguments)), **self.named}
         if len(subjects) > 1:  # the code location is a subject only when it is the only one
             subjects.pop("repositoryLocationName", None)
         named = " ".join(
@@ -109,24 +122,22 @@ class UiWrite:
         return f"{self.action} {named}".strip()
 
     def detail(self) -> dict[str, Any]:
-        """The request's variables as kept with the record: a run config keeps only its
+        """The request's arguments as kept with the record: a run config keeps only its
         ops' config (resources may hold credentials), and no string keeps a password.
         """
         return {
             "operationName": self.request.get("operationName"),
-            **scrubbed(self.variables),
+            **scrubbed(self.arguments),
             **self.named,
         }
 
     def state_ids(self) -> list[str]:
         """The schedule or sensor states the request names by id only."""
         return [
-            str(self.variables[node.value.name.value])
+            str(value)
             for selection in self.fields
-            for node in selection.arguments
-            if node.name.value in BY_STATE_ID.get(selection.name.value, ())
-            and isinstance(node.value, VariableNode)
-            and self.variables.get(node.value.name.value)
+            for name, value in arguments_of(selection, self.variables).items()
+            if name in BY_STATE_ID.get(selection.name.value, ()) and value
         ]
 
 
@@ -205,6 +216,15 @@ def chosen_operation(request: dict[str, Any]) -> OperationDefinitionNode | None:
         named = [op for op in operations if op.name is not None and op.name.value == name]
         return named[0] if len(named) == 1 else None
     return operations[0] if len(operations) == 1 else None
+
+
+def arguments_of(selection: FieldNode, variables: dict[str, Any]) -> dict[str, Any]:
+    """A field's arguments, with the variables they name filled in (those given)."""
+    values = {
+        node.name.value: value_from_ast_untyped(node.value, variables)
+        for node in selection.arguments
+    }
+    return {name: value for name, value in values.items() if value is not Undefined}
 
 
 def argument_values(
@@ -289,13 +309,13 @@ def outcome_of(write: UiWrite, status: int, body: bytes) -> WriteOutcome:
     try:
         answer = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return WriteOutcome(run_ids_in(write.variables), None, f"HTTP {status}")
+        return WriteOutcome(run_ids_in(write.arguments), None, f"HTTP {status}")
     if not isinstance(answer, dict):
-        return WriteOutcome(run_ids_in(write.variables), None, f"HTTP {status}")
+        return WriteOutcome(run_ids_in(write.arguments), None, f"HTTP {status}")
     data = answer.get("data")
     if not isinstance(data, dict):
         data = {}
-    run_ids = unique([*run_ids_in(data), *run_ids_in(write.variables)])
+    run_ids = unique([*run_ids_in(data), *run_ids_in(write.arguments)])
     backfills = [value for key, value in walk(data) if key == "backfillId"]
     return WriteOutcome(run_ids, str(backfills[0]) if backfills else None, verdict(answer, data))
 
