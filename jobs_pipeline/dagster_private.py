@@ -2,8 +2,9 @@
 
 Dagster has no public API for these: queueing a run from Python as `dagster job launch`
 does, asking a code server whether it loads, a run launcher's health answer, its cron
-reading. They may change in any release: `test_dagster_private.py` calls each one against
-the Dagster installed, so an upgrade that breaks one fails there, by name.
+reading, the ids the UI gives schedules' and sensors' states. They may change in any
+release: `test_dagster_private.py` calls each one against the Dagster installed, so an
+upgrade that breaks one fails there, by name.
 Written against Dagster 1.13.27.
 """
 
@@ -20,6 +21,7 @@ from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.remote_representation.handle import CompoundID
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
@@ -126,3 +128,12 @@ def code_server_load_error(host: str, port: int) -> str | None:
 def cron_ticks(start: datetime, cron: str, timezone: str | None) -> Iterator[datetime]:
     """A schedule's ticks from `start` on, read the way Dagster's scheduler reads its cron."""
     return cron_string_iterator(start.timestamp(), cron, timezone)
+
+
+def instigator_origin_id(state_id: str) -> str:
+    """The origin id of the schedule or sensor a UI names by its state's id: Dagster's
+    compound id (origin id and selector id), or an older UI's origin id alone.
+    """
+    if CompoundID.is_valid_string(state_id):
+        return str(CompoundID.from_string(state_id).remote_origin_id)
+    return state_id

@@ -129,6 +129,12 @@ def answer_of(port: int, deadline_s: float = 120) -> str | None:
             time.sleep(0.5)
 
 
+def test_a_state_id_the_ui_sends_gives_its_instigators_origin_id():
+    """The form the UI's stop mutations send (seen in test_door.py): origin::selector."""
+    assert dagster_private.instigator_origin_id("3f2a9c::b71e04") == "3f2a9c"
+    assert dagster_private.instigator_origin_id("3f2a9c") == "3f2a9c"
+
+
 def test_a_code_server_says_whether_it_loads_the_code(tmp_path):
     (tmp_path / "broken_code.py").write_text("raise ImportError('no such thing here')\n")
     good, broken = free_port(), free_port()

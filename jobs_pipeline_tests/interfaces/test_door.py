@@ -546,32 +546,50 @@ def test_writes_the_door_could_not_tag_or_record_are_refused(site):
 
 
 def test_a_write_sent_as_graphql_text_is_recorded_with_what_it_names(site):
-    """`application/graphql`, arguments written into the document: the webserver takes
-    it, so the door records it like any other write, and passes it on as JSON.
+    """`application/graphql`, arguments written into the document, two fields under
+    aliases: the webserver takes it, so the door records it like any other write, with
+    everything it names, and passes it on as JSON.
     """
     admin = site.door.session_of(site.tokens[ADMIN])
-    launched = site.door.graphql(admin, LAUNCH, executionParams=dry_run_params()).json()
-    run_id = launched["data"]["launchPipelineExecution"]["run"]["runId"]
-    wait_for_end(site.door.deployment, run_id)
+    run_ids = []
+    for _ in range(2):
+        launched = site.door.graphql(admin, LAUNCH, executionParams=dry_run_params()).json()
+        run_ids.append(launched["data"]["launchPipelineExecution"]["run"]["runId"])
+    for run_id in run_ids:
+        wait_for_end(site.door.deployment, run_id)
+    first, second = run_ids
     deleted = site.door.request(
         "POST",
         "/graphql",
         cookie=admin,
-        body=f'mutation {{ deleteRun(runId: "{run_id}") {{ __typename }} }}'.encode(),
+        body=(
+            f'mutation {{ first: deleteRun(runId: "{first}") {{ __typename }}'
+            f' second: deleteRun(runId: "{second}") {{ __typename }} }}'
+        ).encode(),
         headers={"Content-Type": "application/graphql", "Origin": site.door.url},
     )
     assert deleted.status == 200, deleted.text
-    assert deleted.json()["data"]["deleteRun"]["__typename"] == "DeletePipelineRunSuccess"
-    gone = site.door.deployment.graphql(
-        "query Gone($runId: ID!) { runOrError(runId: $runId) { __typename } }", runId=run_id
-    )
-    assert gone["runOrError"]["__typename"] == "RunNotFoundError"
-    (record,) = [a for a in actions_on(site, run_id) if a["action"] == "deleteRun"]
+    assert deleted.json()["data"] == {
+        "first": {"__typename": "DeletePipelineRunSuccess"},
+        "second": {"__typename": "DeletePipelineRunSuccess"},
+    }
+    for run_id in run_ids:
+        gone = site.door.deployment.graphql(
+            "query Gone($runId: ID!) { runOrError(runId: $runId) { __typename } }", runId=run_id
+        )
+        assert gone["runOrError"]["__typename"] == "RunNotFoundError"
+    (record,) = [a for a in actions_on(site, first) if a["action"] == "deleteRun, deleteRun"]
     assert (record["email"], record["summary"], record["outcome"]) == (
         ADMIN,
-        f"deleteRun runId={run_id}",
+        f"deleteRun, deleteRun runId={first},{second}",
         "ok",
     )
+    assert record["run_ids"] == run_ids
+    assert record["detail"] == {
+        "operationName": None,
+        "first": {"runId": first},
+        "second": {"runId": second},
+    }
 
 
 def test_outside_localhost_the_cookie_is_secure_and_plain_http_is_refused(site):

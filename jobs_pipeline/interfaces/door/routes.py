@@ -31,6 +31,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.typing import Subprotocol
 
+from jobs_pipeline.dagster_private import instigator_origin_id
 from jobs_pipeline.interfaces.door.pages import (
     forbidden_page,
     sign_in_page,
@@ -154,15 +155,13 @@ class Door:
 
     def state_names(self, write: UiWrite) -> dict[str, str]:
         """The names of the schedules or sensors a write names only by their state's id."""
-        ids = write.state_ids()
-        if not ids:
+        origins = {instigator_origin_id(state_id) for state_id in write.state_ids()}
+        if not origins:
             return {}
-        # The UI's id is Dagster's compound one, the state's origin id and its selector id
-        # joined; an older UI sends the origin id alone.
         names = sorted(
             state.instigator_name
             for state in self.instance.all_instigator_state()
-            if any(state.instigator_origin_id in state_id for state_id in ids)
+            if state.instigator_origin_id in origins
         )
         return {"instigatorName": ",".join(names)} if names else {}
 

@@ -92,14 +92,14 @@ class UiWrite:
         return variables if isinstance(variables, dict) else {}
 
     @property
-    def arguments(self) -> dict[str, Any]:
-        """The fields' arguments, passed as variables or written into the document alike:
-        what the write is about, however the request spelled it.
+    def arguments(self) -> dict[str, dict[str, Any]]:
+        """Each field's arguments (by the name its answer comes under, its alias if it has
+        one), passed as variables or written into the document alike: what the write is
+        about, however the request spelled it.
         """
         return {
-            key: value
+            (selection.alias or selection.name).value: arguments_of(selection, self.variables)
             for selection in self.fields
-            for key, value in arguments_of(selection, self.variables).items()
         }
 
     def tagged(self, who: str) -> bytes:
@@ -113,7 +113,10 @@ class UiWrite:
 
     def summary(self) -> str:
         """The mutation and what it was about: `launchPipelineExecution jobName=...`."""
-        subjects = {**dict(subjects_in(self.arguments)), **self.named}
+        subjects: dict[str, list[str]] = {}
+        for key, value in subjects_in(self.arguments):
+            subjects.setdefault(key, []).extend(value if isinstance(value, list) else [value])
+        subjects.update({key: [value] for key, value in self.named.items()})
         if len(subjects) > 1:  # the code location is a subject only when it is the only one
             subjects.pop("repositoryLocationName", None)
         named = " ".join(
@@ -122,14 +125,13 @@ class UiWrite:
         return f"{self.action} {named}".strip()
 
     def detail(self) -> dict[str, Any]:
-        """The request's arguments as kept with the record: a run config keeps only its
-        ops' config (resources may hold credentials), and no string keeps a password.
+        """The request's arguments as kept with the record (a mutation of several fields:
+        each field's under its name): a run config keeps only its ops' config (resources may
+        hold credentials), and no string keeps a password.
         """
-        return {
-            "operationName": self.request.get("operationName"),
-            **scrubbed(self.arguments),
-            **self.named,
-        }
+        arguments = self.arguments
+        kept = next(iter(arguments.values())) if len(arguments) == 1 else arguments
+        return {"operationName": self.request.get("operationName"), **scrubbed(kept), **self.named}
 
     def state_ids(self) -> list[str]:
         """The schedule or sensor states the request names by id only."""
@@ -268,8 +270,8 @@ def subjects_in(value: Any) -> Iterator[tuple[str, Any]]:
             yield from subjects_in(inner)
 
 
-def format_subject(value: Any) -> str:
-    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+def format_subject(values: list[Any]) -> str:
+    return ",".join(unique([str(value) for value in values]))
 
 
 def scrubbed(value: Any) -> Any:
