@@ -57,6 +57,7 @@ from jobs_pipeline_tests.support.held_runs import (
     START_DEADLINE_S,
     each_user_changed_once,
     gate_after_first_batch,
+    held_at_gate,
     launch,
     ledger_rows,
 )
@@ -307,6 +308,14 @@ def test_a_storage_restart_mid_run_leaves_nothing_stuck_and_every_user_downgrade
             deployment,
             "the first batch committed",
             lambda: ledger_rows(engine) == BATCH,
+            START_DEADLINE_S,
+        )
+        # The next batch's statement in flight, past the events the run writes between
+        # batches: else the storage may go before one of them, and no batch follows.
+        wait_until(
+            deployment,
+            "the second batch held at the gate",
+            lambda: held_at_gate(engine),
             START_DEADLINE_S,
         )
 

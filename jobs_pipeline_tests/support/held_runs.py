@@ -68,6 +68,18 @@ def gate_after_first_batch(engine: Engine) -> None:
         )
 
 
+def held_at_gate(engine: Engine) -> bool:
+    """Whether a write waits in the gate's loop now (its statement in flight, sleeping)."""
+    with engine.connect() as connection:
+        sleeping = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            )
+        ).scalar_one()
+    return bool(sleeping)
+
+
 def ledger_rows(engine: Engine) -> int:
     with engine.connect() as connection:
         return connection.execute(select(func.count()).select_from(change_ledger)).scalar_one()
