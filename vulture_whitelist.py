@@ -22,10 +22,11 @@ run_job
 run_status
 list_jobs
 _.openapi
-# the door's routes (interfaces/door/routes.py)
+# the door's routes (interfaces/door/signing_in.py, graphql_passage.py, socket_relay.py)
 sign_in_form
 sign_out
 forbidden
+slow_down
 graphql
 graphql_socket
 

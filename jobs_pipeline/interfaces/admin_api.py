@@ -39,9 +39,10 @@ from sqlalchemy import Engine
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.formats import display_name
 from jobs_pipeline.instance.run_outcomes import RunOutcome, outcome_of
-from jobs_pipeline.interfaces.door.routes import opened_door
+from jobs_pipeline.interfaces.door.arrival import client_address
 from jobs_pipeline.interfaces.door.routes import router as door_routes
 from jobs_pipeline.interfaces.door.session import DoorSettings
+from jobs_pipeline.interfaces.door.state import opened_door
 from jobs_pipeline.interfaces.launch import (
     LaunchError,
     RunQueue,
@@ -160,10 +161,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # -- what the endpoints share ---------------------------------------------------------------
-
-
-def client_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 class AdminApi:
@@ -288,7 +285,7 @@ async def admin(
     state: Annotated[AdminApi, Depends(current_api)],
 ) -> Caller:
     token = credentials.credentials if credentials is not None else None
-    return await run_in_threadpool(state.authenticate, token, client_of(request))
+    return await run_in_threadpool(state.authenticate, token, client_address(request))
 
 
 @routes.post(

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -110,4 +111,19 @@ ui_actions = Table(
     Index("ui_actions_time_idx", "acted_at"),
     Index("ui_actions_runs_idx", "run_ids", postgresql_using="gin"),
     Index("ui_actions_backfill_idx", "backfill_id"),
+)
+
+# A session of the door: one sign-in with an API token, worth what that token is worth
+# until it is signed out (`ended_at`), its token revoked, or a working day has passed.
+# Only the SHA-256 of the key the session cookie carries is kept.
+ui_sessions = Table(
+    "ui_sessions",
+    project_metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("key_sha256", Text, nullable=False, unique=True),
+    Column("token_id", BigInteger, ForeignKey(api_tokens.c.id), nullable=False),
+    Column("started_at", Timestamptz, nullable=False, server_default=func.now()),
+    Column("ended_at", Timestamptz),
+    Index("ui_sessions_token_idx", "token_id"),
+    Index("ui_sessions_time_idx", "started_at"),
 )

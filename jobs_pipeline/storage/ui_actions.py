@@ -3,7 +3,8 @@
 A write is recorded before it is passed on to the webserver and finished with its
 outcome once the webserver has answered, so a write the door let through is never
 missing here, even when the admin API dies in between (its outcome then stays
-`pending`).
+`pending`). A request the door refused is recorded too, its outcome `refused: why`, so
+attempts show beside what was done.
 """
 
 from collections.abc import Sequence
@@ -36,6 +37,33 @@ def record_action(
         connection.execute(
             insert(ui_actions)
             .values(email=email, action=action, summary=summary, detail=detail)
+            .returning(ui_actions.c.id)
+        ).scalar_one()
+    )
+
+
+REFUSED = "refused"
+
+
+def record_refusal(
+    connection: Connection,
+    email: str,
+    action: str,
+    summary: str,
+    detail: dict[str, Any],
+    reason: str,
+) -> int:
+    """A request the door refused, with why."""
+    return int(
+        connection.execute(
+            insert(ui_actions)
+            .values(
+                email=email,
+                action=action,
+                summary=summary,
+                detail=detail,
+                outcome=f"{REFUSED}: {reason}",
+            )
             .returning(ui_actions.c.id)
         ).scalar_one()
     )

@@ -12,9 +12,11 @@ import re
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
@@ -226,14 +228,15 @@ def test_a_viewer_sees_the_runs_and_cannot_launch(site, browser):
         expect(page.get_by_role("tab", name="Launchpad")).to_be_disabled()
         expect(page.get_by_role("checkbox").first).to_be_disabled()
         screenshot(page, "viewer-job")
-        # What the Launchpad would send, from the viewer's own page: refused.
+        # What the Launchpad would send, from the viewer's own page: refused, and recorded.
         answer = page.evaluate(FETCH_GRAPHQL, [LAUNCH, {"executionParams": dry_run_params()}])
-        typename = answer["data"]["launchPipelineExecution"]["__typename"]
-        assert typename == "UnauthorizedError", answer
+        assert answer["errors"][0]["message"].startswith("viewers see the UI"), answer
     finally:
         page.context.close()
     runs = tier_runs(site)
     assert runs == [run_id], runs  # only the admin's
+    (refused,) = refusals_of(site, VIEWER)
+    assert refused["action"] == "launchPipelineExecution"
 
 
 def test_an_admin_launches_a_dry_run_from_the_launchpad_and_is_recorded(site, browser):
@@ -407,8 +410,8 @@ def test_behind_a_company_sign_on_the_door_takes_the_email_it_passes(site):
     assert run_record(sso.deployment, run_id)["tags"][TRIGGERED_BY_TAG] == f"ui:{ADMIN}"
     assert [a["email"] for a in actions_on(site, run_id)] == [ADMIN]
     by_viewer = sso.request("POST", "/graphql", body=body.encode(), headers=as_user(VIEWER))
-    typename = by_viewer.json()["data"]["launchPipelineExecution"]["__typename"]
-    assert typename == "UnauthorizedError"
+    assert by_viewer.status == 403, by_viewer.text
+    assert by_viewer.json()["errors"][0]["message"].startswith("viewers see the UI")
 
 
 # -- losing access ------------------------------------------------------------------------------
@@ -592,24 +595,12 @@ def test_a_write_sent_as_graphql_text_is_recorded_with_what_it_names(site):
     }
 
 
-def test_outside_localhost_the_cookie_is_secure_and_plain_http_is_refused(site):
-    form = {"Content-Type": "application/x-www-form-urlencoded", "Host": "dagster.example.com"}
-    body = f"token={site.tokens[ADMIN]}".encode()
-    plain = site.door.request("POST", "/door/sign-in", body=body, headers=form)
-    assert plain.status == 400 and "needs HTTPS" in plain.text
-    behind_tls = site.door.request(
-        "POST",
-        "/door/sign-in",
-        body=body,
-        headers={**form, "X-Forwarded-Proto": "https"},
-        port=site.door.api_port,
-    )
-    assert behind_tls.status == 303, behind_tls.text
-    attributes = behind_tls.headers["Set-Cookie"].lower()
-    for attribute in ("httponly", "secure", "samesite=strict", "max-age=28800", "path=/"):
+def test_on_this_machine_the_cookie_is_httponly_and_strict_over_plain_http(site):
+    local = site.door.sign_in(site.tokens[ADMIN])
+    attributes = local.headers["Set-Cookie"].lower()
+    for attribute in ("httponly", "samesite=strict", "max-age=28800", "path=/"):
         assert attribute in attributes, attributes
-    local = site.door.sign_in(site.tokens[ADMIN]).headers["Set-Cookie"].lower()
-    assert "httponly" in local and "samesite=strict" in local and "secure" not in local
+    assert "secure" not in attributes  # http://127.0.0.1 would never send it back
 
 
 def test_the_webservers_and_the_api_are_not_reachable_from_another_address(site):
@@ -634,6 +625,214 @@ def test_nothing_logged_would_let_anyone_in(site):
     assert "unknown or revoked token" in logs  # the failure itself is logged
 
 
+# -- what the door does not understand, it refuses ----------------------------------------------
+
+LIMIT_KEY = "door-test-key"
+SET_LIMIT = f'mutation {{ setConcurrencyLimit(concurrencyKey: "{LIMIT_KEY}", limit: 3) }}'
+# Every spelling nginx takes to the UI's GraphQL, and the door's own route.
+GRAPHQL_PATHS = ["/graphql", "//graphql", "/./graphql", "/%67raphql", "/door/../graphql"]
+NEITHER_JSON_NOR_GRAPHQL = [
+    ("text/plain", b""),
+    (None, b""),
+    ("application/x-www-form-urlencoded", b""),
+    ("multipart/form-data; boundary=x", b"--x--\r\n"),
+    ("application/json", b'{"query": "{ version }"}'),
+]
+
+
+def test_a_write_in_the_url_of_a_post_is_refused_on_every_path_and_recorded(site):
+    """Finding 1: the webserver reads a POST whose body is neither JSON nor GraphQL from
+    its query string; the door refuses any POST with parameters in its URL."""
+    admin = site.door.session_of(site.tokens[ADMIN])
+    before = refused_count(site, ADMIN)
+    url_write = urllib.parse.urlencode({"query": SET_LIMIT})
+    tried = 0
+    for path in [*GRAPHQL_PATHS, "/door/graphql"]:
+        for content_type, body in NEITHER_JSON_NOR_GRAPHQL:
+            headers = {"Origin": site.door.url}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            answer = site.door.request(
+                "POST", f"{path}?{url_write}", cookie=admin, body=body, headers=headers
+            )
+            tried += 1
+            assert answer.status == 400, (path, content_type, answer.status, answer.text)
+            assert "not in the URL's parameters" in answer.text
+    launch = urllib.parse.urlencode(
+        {"query": LAUNCH, "variables": json.dumps({"executionParams": dry_run_params()})}
+    )
+    by_url = site.door.request(
+        "POST", f"/graphql?{launch}", cookie=admin, headers={"Content-Type": "text/plain"}
+    )
+    assert by_url.status == 400
+    assert concurrency_limit(site) is None  # the limit was never set
+    assert refused_count(site, ADMIN) - before == tried + 1
+    (latest,) = refusals_of(site, ADMIN)[-1:]
+    assert latest["detail"]["urlParameters"] == ["query", "variables"]
+    assert "launchPipelineExecution" in latest["detail"]["tried"]
+    listed = site.cli("ui-actions", "--limit", "3")
+    assert listed.returncode == 0 and "refused: a GraphQL POST" in listed.stdout, listed.stdout
+
+
+def test_a_content_type_naming_two_formats_is_refused_and_recorded(site):
+    """Finding 2: a content type the door might read as GraphQL and the webserver as JSON."""
+    admin = site.door.session_of(site.tokens[ADMIN])
+    body = json.dumps({"query": SET_LIMIT}).encode()
+    for content_type in (
+        "application/graphql; x=application/json",
+        "application/json, application/graphql",
+        "application/graphql+json;application/json",
+    ):
+        answer = site.door.request(
+            "POST",
+            "/graphql",
+            cookie=admin,
+            body=body,
+            headers={"Content-Type": content_type, "Origin": site.door.url},
+        )
+        assert answer.status == 415, (content_type, answer.text)
+    assert concurrency_limit(site) is None
+    first, _, _ = refusals_of(site, ADMIN)[-3:]
+    assert first["detail"]["contentType"] == "application/graphql; x=application/json"
+    # Sent as it should be, the same write passes and is recorded.
+    passed = site.door.request(
+        "POST",
+        "/graphql",
+        cookie=admin,
+        body=body,
+        headers={"Content-Type": "application/json", "Origin": site.door.url},
+    )
+    assert passed.status == 200, passed.text
+    assert concurrency_limit(site) == 3
+    site.door.deployment.graphql(
+        f'mutation {{ deleteConcurrencyLimit(concurrencyKey: "{LIMIT_KEY}") }}'
+    )
+
+
+def test_a_run_named_for_someone_else_by_a_default_in_the_document_is_refused(site):
+    """Finding 3: the door tags what the webserver reads; a default it would not read is
+    refused, so no run carries a name the door did not give it."""
+    admin = site.door.session_of(site.tokens[ADMIN])
+    before = tier_runs(site)
+    params = dry_run_params(tags=[{"key": TRIGGERED_BY_TAG, "value": "ui:someone@else"}])
+    defaulted = (
+        f"mutation L($p: ExecutionParams = {graphql_literal(params)}) {{"
+        " launchPipelineExecution(executionParams: $p) { __typename } }"
+    )
+    answer = site.door.graphql(admin, defaulted)
+    assert answer.status == 400, answer.text
+    assert "without a default in the document" in answer.json()["errors"][0]["message"]
+    assert tier_runs(site) == before
+    (refused,) = refusals_of(site, ADMIN)[-1:]
+    assert refused["action"] == "launchPipelineExecution"
+
+
+def test_signing_out_ends_the_session_wherever_its_cookie_went(site):
+    """Finding 4."""
+    cookie = site.door.session_of(site.tokens[ADMIN])
+    assert site.door.request("GET", "/runs", cookie=cookie).status == 200
+    out = site.door.request(
+        "POST",
+        "/door/sign-out",
+        cookie=cookie,
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": site.door.url},
+    )
+    assert out.status == 303 and out.headers["Location"] == "/door/sign-in"
+    copied = site.door.request("GET", "/runs", cookie=cookie)
+    assert copied.status == 302 and copied.headers["Location"].startswith("/door/sign-in")
+    assert site.door.graphql(cookie, "{ version }").status == 401
+    again = site.door.session_of(site.tokens[ADMIN])  # the token itself still signs in
+    assert site.door.request("GET", "/runs", cookie=again).status == 200
+
+
+def test_a_sign_in_over_plain_http_from_elsewhere_is_refused_whatever_host_it_names(site):
+    """Finding 6: `Host: localhost` from another address is not this machine."""
+    for headers in ({"Host": "localhost"}, {"Host": "127.0.0.1", "X-Forwarded-Proto": "https"}):
+        answer = site.door.sign_in(site.tokens[ADMIN], headers=headers, from_elsewhere=True)
+        assert answer.status == 400, (headers, answer.status, answer.text)
+        assert "needs HTTPS" in answer.text
+        assert answer.cookie(COOKIE) is None
+
+
+def test_a_graphql_request_larger_than_the_ui_sends_is_refused(site):
+    """Finding 8: the cap, at nginx and at the door itself."""
+    admin = site.door.session_of(site.tokens[ADMIN])
+    big = json.dumps({"query": "{ version }", "variables": {"x": "y" * 70_000}}).encode()
+    headers = {"Content-Type": "application/json", "Origin": site.door.url}
+    assert (
+        site.door.request("POST", "/graphql", cookie=admin, body=big, headers=headers).status == 413
+    )
+    direct = site.door.request(
+        "POST",
+        "/door/graphql",
+        cookie=admin,
+        body=big,
+        headers={**headers, "Origin": f"http://{HOST}:{site.door.api_port}"},
+        port=site.door.api_port,
+    )
+    assert direct.status == 413
+    assert "at most 64 KB" in direct.json()["errors"][0]["message"]
+
+
+# -- behind a load balancer that terminates TLS ----------------------------------------------------
+
+CLIENT = "198.51.100.7"  # the address a balancer says a client has
+
+
+@pytest.fixture(scope="module")
+def balanced(site) -> Door:
+    """The door behind a load balancer (this machine's other address, which the test
+    plays): UI_TRUSTED_PROXIES names it, nginx's real_ip takes the client's address from it.
+    """
+    return open_door(site.door.deployment, viewers=VIEWER, behind_balancer=True, name="door-lb")
+
+
+def through_balancer(client: str, https: bool = True) -> dict[str, str]:
+    return {"X-Forwarded-For": client, "X-Forwarded-Proto": "https" if https else "http"}
+
+
+def test_behind_the_documented_balancer_sign_in_works_and_the_cookie_is_secure(site, balanced):
+    """Finding 7: the balancer's X-Forwarded-Proto reaches the door, which believes it of
+    the balancer only."""
+    signed_in = balanced.sign_in(
+        site.tokens[ADMIN], headers=through_balancer(CLIENT), from_elsewhere=True
+    )
+    assert signed_in.status == 303, signed_in.text
+    attributes = signed_in.headers["Set-Cookie"].lower()
+    for attribute in ("httponly", "secure", "samesite=strict", "max-age=28800"):
+        assert attribute in attributes, attributes
+    cookie = signed_in.cookie(COOKIE)
+    runs = balanced.request(
+        "GET", "/runs", cookie=cookie, headers=through_balancer(CLIENT), from_elsewhere=True
+    )
+    assert runs.status == 200
+    plain = balanced.sign_in(
+        site.tokens[ADMIN], headers=through_balancer(CLIENT, https=False), from_elsewhere=True
+    )
+    assert plain.status == 400 and "needs HTTPS" in plain.text
+    assert f"signed in as admin from {CLIENT}" in balanced.logs()
+
+
+def test_guessing_tokens_is_slowed_and_a_person_never_meets_the_limit(site, balanced):
+    """Finding 5: per client address, as the balancer names it."""
+    guesser = through_balancer("198.51.100.66")
+    statuses = [
+        balanced.sign_in(f"jpa_guess-{n}", headers=guesser, from_elsewhere=True).status
+        for n in range(40)
+    ]
+    assert set(statuses) == {401, 429}, statuses
+    assert 10 <= statuses.count(401) <= 14, statuses  # the burst, and what the rate refilled
+    assert statuses[-1] == 429
+    slowed = balanced.sign_in(site.tokens[ADMIN], headers=guesser, from_elsewhere=True)
+    assert slowed.status == 429 and "Too many sign-ins" in slowed.text
+    person = through_balancer("198.51.100.77")
+    mistyped = [
+        balanced.sign_in(token, headers=person, from_elsewhere=True).status
+        for token in ("jpa_typo", "jpa_typo-again", site.tokens[ADMIN])
+    ]
+    assert mistyped == [401, 401, 303]
+
+
 # -- helpers --------------------------------------------------------------------------------------
 
 
@@ -656,6 +855,43 @@ def open_socket(site: Site, cookie: str) -> ClientConnection:
         additional_headers={"Cookie": f"{COOKIE}={cookie}", "Origin": site.door.url},
         open_timeout=30,
     )
+
+
+def refusals_of(site: Site, email: str) -> list[dict]:
+    """What the door refused of `email`, oldest first."""
+    with site.engine.connect() as c:
+        rows = c.execute(
+            select(ui_actions)
+            .where(ui_actions.c.email == email, ui_actions.c.outcome.startswith("refused: "))
+            .order_by(ui_actions.c.id)
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def refused_count(site: Site, email: str) -> int:
+    return len(refusals_of(site, email))
+
+
+def concurrency_limit(site: Site) -> int | None:
+    """The limit set on LIMIT_KEY, if any."""
+    limits = site.door.deployment.graphql(
+        "{ instance { concurrencyLimits { concurrencyKey limit } } }"
+    )
+    found = [
+        limit["limit"]
+        for limit in limits["instance"]["concurrencyLimits"]
+        if limit["concurrencyKey"] == LIMIT_KEY
+    ]
+    return found[0] if found else None
+
+
+def graphql_literal(value: Any) -> str:
+    """`value` written as a GraphQL input value, as an attacker would write it into a document."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {graphql_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(graphql_literal(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def actions_on(site: Site, run_id: str) -> list[dict]:

@@ -81,12 +81,23 @@ def test_the_tier_expiration_benchmark_runs_and_both_ways_agree(tmp_path, projec
         assert column in run.stdout
 
 
+def test_the_door_benchmark_times_the_sign_in_page_while_huge_requests_are_read(project_root):
+    run = run_bench(project_root, "bench.door_responsiveness", "--samples", "5")
+
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["heavy_posts_during_measure"] > 0
+    assert figures["idle_p50_ms"] > 0 and figures["loaded_p50_ms"] > 0
+    assert "4 heavy posters" in run.stdout
+
+
 @pytest.mark.parametrize(
     ("module", "args", "complaint"),
     [
         ("bench.rollup", ["--users", "0"], "positive"),
         ("bench.rollup", ["--users", "10", "--rounds", "0"], "positive"),
         ("bench.tier_expiration", ["--users", "10", "--expired", "20"], "more than"),
+        ("bench.door_responsiveness", ["--samples", "0"], "2 or more"),
     ],
 )
 def test_the_benchmarks_refuse_nonsense_sizes(project_root, module, args, complaint):

@@ -49,7 +49,9 @@ from jobs_pipeline.storage.ui_actions import (
     finish_action,
     recent_actions,
     record_action,
+    record_refusal,
 )
+from jobs_pipeline.storage.ui_sessions import caller_of_session, end_session, start_session
 from jobs_pipeline.storage.users import role_of_email
 from jobs_pipeline_tests.conftest import admin_connection
 from jobs_pipeline_tests.support.app_data import (
@@ -154,6 +156,7 @@ TABLE_PRIVILEGES = {
     "jobs_pipeline.change_ledger": {"SELECT", "INSERT", "DELETE"},
     "jobs_pipeline.api_tokens": {"SELECT", "INSERT", "UPDATE"},
     "jobs_pipeline.ui_actions": {"SELECT", "INSERT", "UPDATE"},
+    "jobs_pipeline.ui_sessions": {"SELECT", "INSERT", "UPDATE"},
     "jobs_pipeline.alembic_version": {"SELECT"},
 }
 COLUMN_UPDATES = {
@@ -363,11 +366,18 @@ def test_why_admin_api_tokens_and_the_door_work_as_the_role(engine, runner_engin
         action = record_action(c, "root@example.com", "stopSensor", "stopSensor", {})
         finish_action(c, action, run_ids=["r1"], backfill_id=None, outcome="ok")
         assert [a.outcome for a in actions_on_run(c, "r1")] == ["ok"]
-        assert [a.action_id for a in recent_actions(c, 5)] == [action]
+        refused = record_refusal(c, "root@example.com", "POST /graphql", "", {}, "why")
+        assert [a.action_id for a in recent_actions(c, 5)] == [action, refused]
+        session = start_session(c, token_id)
+        assert caller_of_session(c, session, timedelta(hours=8)) == caller
+        assert end_session(c, session)
+        assert caller_of_session(c, session, timedelta(hours=8)) is None
+        still_open = start_session(c, token_id)
     with runner_engine.begin() as c:
         assert revoke_token(c, token_id)
     with runner_engine.begin() as c:
         assert authenticate(c, token) is None
+        assert caller_of_session(c, still_open, timedelta(hours=8)) is None
         assert changes_to_user(c, str(admin)) == []
 
 

@@ -2,9 +2,11 @@
 
 `open_door` adds to a running deployment what "Deploying" adds for the door: a second
 webserver started with `--read-only`, the admin API serving the door (`--ui`,
-`--ui-read-only`, `UI_SESSION_SECRET`, `UI_VIEWERS`), and Debian's nginx with the
-repository's `deploy/nginx/jobs-pipeline-door.conf` included as it is, in a site like
-`deploy/nginx/jobs-pipeline.conf` on free loopback ports (no TLS on 127.0.0.1).
+`--ui-read-only`, `UI_SESSION_SECRET`, `UI_VIEWERS`, `UI_TRUSTED_PROXIES`), and Debian's
+nginx with the repository's `deploy/nginx/jobs-pipeline-door.conf` and
+`jobs-pipeline-door-http.conf` included as they are, in a site like
+`deploy/nginx/jobs-pipeline.conf` on a free port (no TLS), listening on loopback and on
+this machine's other address, where another host would knock.
 """
 
 import http.client
@@ -31,6 +33,7 @@ from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, free_port, wait
 
 NGINX = Path("/usr/sbin/nginx")
 DOOR_CONF = REPOSITORY / "deploy" / "nginx" / "jobs-pipeline-door.conf"
+DOOR_HTTP_CONF = REPOSITORY / "deploy" / "nginx" / "jobs-pipeline-door-http.conf"
 COOKIE = "jobs_pipeline_ui"
 STARTUP_DEADLINE_S = 120
 
@@ -43,6 +46,8 @@ class Door:
     api_port: int
     secret: str
     folder: Path
+    # This machine's address other than loopback, where nginx listens too.
+    other_address: str
 
     @property
     def url(self) -> str:
@@ -57,9 +62,18 @@ class Door:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         port: int | None = None,
+        from_elsewhere: bool = False,
     ) -> "Answer":
-        """One HTTP request, redirects not followed, as a browser's first hop sees it."""
-        connection = http.client.HTTPConnection(HOST, port or self.port, timeout=60)
+        """One HTTP request, redirects not followed, as a browser's first hop sees it;
+        `from_elsewhere`: from this machine's other address to it, as another host's would.
+        """
+        address = self.other_address if from_elsewhere else HOST
+        connection = http.client.HTTPConnection(
+            address,
+            port or self.port,
+            timeout=60,
+            source_address=(address, 0) if from_elsewhere else None,
+        )
         sent = dict(headers or {})
         if cookie is not None:
             sent["Cookie"] = f"{COOKIE}={cookie}"
@@ -70,13 +84,21 @@ class Door:
         finally:
             connection.close()
 
-    def sign_in(self, token: str, next_path: str = "/") -> "Answer":
+    def sign_in(
+        self,
+        token: str,
+        next_path: str = "/",
+        *,
+        headers: dict[str, str] | None = None,
+        from_elsewhere: bool = False,
+    ) -> "Answer":
         form = urllib.parse.urlencode({"token": token, "next": next_path}).encode()
         return self.request(
             "POST",
             "/door/sign-in",
             body=form,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+            from_elsewhere=from_elsewhere,
         )
 
     def session_of(self, token: str) -> str:
@@ -125,10 +147,20 @@ class Answer:
         return jar[name].value if name in jar else None
 
 
-def nginx_conf(folder: Path, port: int, webserver: int, read_only: int, api: int) -> str:
-    """jobs-pipeline.conf's site on loopback ports, around the door's file as shipped."""
+def nginx_conf(door: Door, webserver: int, behind_balancer: bool) -> str:
+    """jobs-pipeline.conf's site without TLS, around the door's files as shipped; with
+    `behind_balancer`, the client's address taken from X-Forwarded-For when the balancer
+    (this machine's other address) connects, as docs/deploying.md says to configure it.
+    """
+    folder = door.folder
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers write the temp folders
     temp = folder / "temp"
+    real_ip = (
+        f"set_real_ip_from {door.other_address}; real_ip_header X-Forwarded-For;"
+        " real_ip_recursive on;"
+        if behind_balancer
+        else ""
+    )
     return f"""{user}daemon off;
 worker_processes 1;
 pid {folder / "nginx.pid"};
@@ -141,11 +173,14 @@ http {{
     fastcgi_temp_path {temp / "fastcgi"};
     uwsgi_temp_path {temp / "uwsgi"};
     scgi_temp_path {temp / "scgi"};
+    include {DOOR_HTTP_CONF};
     upstream dagster_webserver {{ server {HOST}:{webserver}; }}
-    upstream dagster_webserver_read_only {{ server {HOST}:{read_only}; }}
-    upstream jobs_pipeline_admin_api {{ server {HOST}:{api}; }}
+    upstream dagster_webserver_read_only {{ server {HOST}:{door.read_only_port}; }}
+    upstream jobs_pipeline_admin_api {{ server {HOST}:{door.api_port}; }}
     server {{
-        listen {HOST}:{port};
+        listen {HOST}:{door.port};
+        listen {door.other_address}:{door.port};
+        {real_ip}
         include {DOOR_CONF};
     }}
 }}
@@ -153,11 +188,18 @@ http {{
 
 
 def open_door(
-    deployment: Deployment, viewers: str, *, sso_email_header: str | None = None, name: str = "door"
+    deployment: Deployment,
+    viewers: str,
+    *,
+    sso_email_header: str | None = None,
+    behind_balancer: bool = False,
+    name: str = "door",
 ) -> Door:
     """The read-only webserver, the admin API with the door, and nginx, each started as
     docs/deploying.md says, once the deployment's own processes are up; behind a company
-    sign-on with `sso_email_header`. `name` tells one door's processes from another's.
+    sign-on with `sso_email_header`; with `behind_balancer`, behind a load balancer that
+    terminates TLS (this machine's other address, listed in UI_TRUSTED_PROXIES). `name`
+    tells one door's processes from another's.
     """
     if not NGINX.exists():
         pytest.fail(
@@ -167,8 +209,15 @@ def open_door(
     folder = deployment.folder / name
     (folder / "temp").mkdir(parents=True, exist_ok=True)
     door = Door(
-        deployment, free_port(), free_port(), free_port(), secrets.token_urlsafe(48), folder
+        deployment,
+        free_port(),
+        free_port(),
+        free_port(),
+        secrets.token_urlsafe(48),
+        folder,
+        other_address(),
     )
+    trusted = {"UI_TRUSTED_PROXIES": door.other_address} if behind_balancer else {}
 
     read_only = deployment.start(
         f"{name}-webserver-read-only",
@@ -195,7 +244,12 @@ def open_door(
             f"http://{HOST}:{door.read_only_port}",
             *sso,
         ],
-        {**deployment.code_environment, "UI_SESSION_SECRET": door.secret, "UI_VIEWERS": viewers},
+        {
+            **deployment.code_environment,
+            "UI_SESSION_SECRET": door.secret,
+            "UI_VIEWERS": viewers,
+            **trusted,
+        },
     )
     wait_for_url(
         f"http://{HOST}:{door.api_port}/api/admin/openapi.json",
@@ -204,9 +258,7 @@ def open_door(
         STARTUP_DEADLINE_S,
     )
     conf = folder / "nginx.conf"
-    conf.write_text(
-        nginx_conf(folder, door.port, deployment.webserver_port, door.read_only_port, door.api_port)
-    )
+    conf.write_text(nginx_conf(door, deployment.webserver_port, behind_balancer))
     checked = subprocess.run(
         [str(NGINX), "-t", "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")],
         capture_output=True,

@@ -104,6 +104,7 @@ def command_admin_api(
     import uvicorn
 
     from jobs_pipeline.interfaces.admin_api import create_app
+    from jobs_pipeline.interfaces.door.graphql_passage import GRAPHQL_BODY_LIMIT
     from jobs_pipeline.interfaces.launch import open_instance
 
     door = door_settings(ui, ui_read_only, ui_sso_email_header)
@@ -127,8 +128,16 @@ def command_admin_api(
             )
             # After SIGTERM, requests waiting for their runs are answered 202 (the runs go
             # on); any other request in flight gets a few seconds.
+            # The door reads who is asking from nginx's own headers, never from a client's
+            # X-Forwarded-* (door/arrival.py); websocket messages are capped like GraphQL.
             config = uvicorn.Config(
-                app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+                app,
+                host=host,
+                port=port,
+                log_level="info",
+                timeout_graceful_shutdown=5,
+                proxy_headers=False,
+                ws_max_size=GRAPHQL_BODY_LIMIT,
             )
             server = uvicorn.Server(config)
             server.run()

@@ -87,3 +87,13 @@ def sign_out_form() -> str:
 
 def sign_in_link() -> str:
     return "<p><a href='/door/sign-in'>Sign in</a></p>"
+
+
+def slow_down_page() -> HTMLResponse:
+    body = (
+        f"{problem('Too many sign-ins from your address in a short time.')}"
+        "<p>Wait a minute, then sign in again. If you are one of many people behind one"
+        " address, ask an operator: the limit is per client address (docs/deploying.md).</p>"
+        f"{sign_in_link()}"
+    )
+    return page("Slow down", body, 429)

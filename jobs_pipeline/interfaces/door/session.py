@@ -1,9 +1,10 @@
-"""A signed-in session: an API token's id in a signed cookie, worth what the token is now.
+"""A signed-in session: a session's key in a signed cookie, worth what its token is now.
 
-The cookie holds only the id of the token its holder signed in with, signed by
-itsdangerous with `UI_SESSION_SECRET` and stamped with the time of sign-in: it cannot be
-forged or altered, and it is worthless a working day after sign-in. What it grants is
-read afresh at every request: the token must still be live, and its user an admin
+The cookie holds only the random key of a session the door keeps
+(`jobs_pipeline.ui_sessions`), signed by itsdangerous with `UI_SESSION_SECRET` and
+stamped with the time of sign-in: it cannot be forged or altered, and it is worthless
+once signed out, or a working day after sign-in. What it grants is read afresh at every
+request: the session must still be open, its token live, and its user an admin
 (`users.role`) or listed in `UI_VIEWERS`. A revoked token or a demoted admin loses the
 UI at their next request.
 """
@@ -11,21 +12,23 @@ UI at their next request.
 import enum
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
+from jobs_pipeline.interfaces.door.arrival import Network, parse_networks
 from jobs_pipeline.storage.users import ADMIN_ROLE
 
 COOKIE = "jobs_pipeline_ui"
 SECRET_VARIABLE = "UI_SESSION_SECRET"  # noqa: S105 - the variable's name, not a secret
 VIEWERS_VARIABLE = "UI_VIEWERS"
+TRUSTED_PROXIES_VARIABLE = "UI_TRUSTED_PROXIES"
 SESSION_HOURS = 8  # a working day
 MIN_SECRET_LENGTH = 32
 # The upstream names nginx's configuration gives the two webservers (deploy/nginx/).
 ADMIN_UPSTREAM = "dagster_webserver"
 VIEWER_UPSTREAM = "dagster_webserver_read_only"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class DoorMisconfigured(ValueError):
@@ -43,7 +46,6 @@ class Holder:
 
     email: str
     access: Access
-    token_id: int | None  # None when a company sign-on vouches for the email
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class DoorSettings:
     # With a company sign-on in front: the request header its proxy names the user in.
     sso_email_header: str | None = None
     session_hours: float = SESSION_HOURS
+    # Load balancers in front of nginx whose `X-Forwarded-Proto: https` is believed.
+    trusted_proxies: tuple[Network, ...] = ()
 
     @classmethod
     def from_environment(
@@ -70,8 +74,16 @@ class DoorSettings:
                 " `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`), the same for"
                 " every admin API process"
             )
+        try:
+            trusted_proxies = parse_networks(os.environ.get(TRUSTED_PROXIES_VARIABLE, ""))
+        except ValueError as problem:
+            raise DoorMisconfigured(
+                f"{TRUSTED_PROXIES_VARIABLE} lists the addresses (or networks) of the load"
+                f" balancers in front of nginx, separated by commas: {problem}"
+            ) from None
         return cls(
             secret=secret,
+            trusted_proxies=trusted_proxies,
             viewers=parse_viewers(os.environ.get(VIEWERS_VARIABLE, "")),
             webserver_url=checked_url("--ui", webserver_url),
             read_only_webserver_url=checked_url("--ui-read-only", read_only_webserver_url),
@@ -79,8 +91,12 @@ class DoorSettings:
         )
 
     @property
+    def max_age(self) -> timedelta:
+        return timedelta(hours=self.session_hours)
+
+    @property
     def max_age_seconds(self) -> int:
-        return int(self.session_hours * 3600)
+        return int(self.max_age.total_seconds())
 
     def signer(self) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self.secret, salt="jobs-pipeline-ui-session")
@@ -109,12 +125,12 @@ def checked_url(option: str, url: str) -> str:
     return url.rstrip("/")
 
 
-def session_cookie(settings: DoorSettings, token_id: int) -> str:
-    return settings.signer().dumps({"token": token_id})
+def session_cookie(settings: DoorSettings, session_key: str) -> str:
+    return settings.signer().dumps({"session": session_key})
 
 
-def token_of_cookie(settings: DoorSettings, cookie: str | None) -> int | None:
-    """The token id a cookie was signed for; None for no cookie, or a forged, altered,
+def session_key_of_cookie(settings: DoorSettings, cookie: str | None) -> str | None:
+    """The session key a cookie was signed for; None for no cookie, or a forged, altered,
     malformed or expired one.
     """
     if not cookie:
@@ -123,13 +139,5 @@ def token_of_cookie(settings: DoorSettings, cookie: str | None) -> int | None:
         content = settings.signer().loads(cookie, max_age=settings.max_age_seconds)
     except BadData:
         return None
-    token = content.get("token") if isinstance(content, dict) else None
-    return token if isinstance(token, int) and not isinstance(token, bool) else None
-
-
-def is_local(host: str | None) -> bool:
-    """A request to the machine itself, where a cookie may go without TLS."""
-    if not host:
-        return False
-    name = urlsplit(f"//{host}").hostname or ""
-    return name in LOCAL_HOSTS
+    key = content.get("session") if isinstance(content, dict) else None
+    return key if isinstance(key, str) and key else None

@@ -1,35 +1,35 @@
-"""What a GraphQL request from the UI writes, read from the request itself.
+"""What a mutation from the UI writes, read from the operation the door read.
 
-The door passes queries on untouched. A mutation is a write: it is recorded, and where
-it starts runs (a launch, a re-execution, a backfill) the runs are tagged with who
-started them, whatever tag the request itself carried. Nothing here knows the UI's own
-documents: any mutation is recognised by its operation, and the fields that start runs
-are Dagster's GraphQL schema's.
+A mutation is a write: it is recorded, and where it starts runs (a launch, a
+re-execution, a backfill) the runs are tagged with who started them, whatever tag the
+request itself carried. Nothing here knows the UI's own documents: any mutation is
+recognised by its operation, and the fields that start runs are Dagster's GraphQL
+schema's (a test holds `RUN_STARTING` equal to what the schema says).
 """
 
+import copy
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any
 
 import yaml
 from graphql import (
     FieldNode,
-    GraphQLError,
     OperationDefinitionNode,
-    OperationType,
     Undefined,
     VariableNode,
-    parse,
     value_from_ast_untyped,
 )
 
+from jobs_pipeline.interfaces.door.graphql_reading import Operation, Refused
 from jobs_pipeline.resources.alerting import redact
 from jobs_pipeline.steps.scheduling import TRIGGERED_BY_TAG
 
 # The mutation fields that start runs: each argument that carries the runs' tags, and
-# where in it they go (`executionMetadata.tags`, or a list of tags of its own).
+# where in it they go (`executionMetadata.tags`, or a list of tags of its own). These
+# are every argument of Dagster's mutations that holds an `ExecutionTag`.
 EXECUTION_TAGS = ("executionMetadata", "tags")
 EXTRA_TAGS = ("extraTags",)
 BACKFILL_TAGS = ("tags",)
@@ -69,27 +69,25 @@ SUBJECT_KEYS = (
 )
 
 
-class RefusedWrite(ValueError):
-    """A write the door cannot pass on as the UI makes it; the message says why."""
-
-
 @dataclass
 class UiWrite:
-    """One GraphQL request whose operation is a mutation."""
+    """A mutation an admin makes through the door: one operation, its fields known."""
 
-    request: dict[str, Any]
+    operation: Operation
     fields: list[FieldNode]
     # Names looked up for what the request names only by id (a schedule's state).
     named: dict[str, str] = dataclass_field(default_factory=dict)
 
     @property
     def action(self) -> str:
-        return ", ".join(selection.name.value for selection in self.fields)
+        return action_of(self.fields)
 
     @property
     def variables(self) -> dict[str, Any]:
-        variables = self.request.get("variables")
-        return variables if isinstance(variables, dict) else {}
+        """The variables as the webserver will take them: those given, else the defaults
+        the document declares.
+        """
+        return {**declared_defaults(self.operation.definition), **self.operation.variables}
 
     @property
     def arguments(self) -> dict[str, dict[str, Any]]:
@@ -102,14 +100,18 @@ class UiWrite:
             for selection in self.fields
         }
 
-    def tagged(self, who: str) -> bytes:
-        """The request with `jobs_pipeline/triggered_by=who` on every run it starts."""
-        variables = self.variables
+    def tagged(self, who: str) -> Operation:
+        """The operation with `jobs_pipeline/triggered_by=who` on every run it starts, in
+        place of any such tag the request set itself. Every argument that starts runs is
+        a variable without a default (`ui_write` made sure), so its value, here, is all
+        the webserver will read.
+        """
+        variables = copy.deepcopy(self.operation.variables)
         for selection in self.fields:
             for argument, path in RUN_STARTING.get(selection.name.value, {}).items():
                 for params in argument_values(selection, argument, variables):
                     set_tag(params, path, who)
-        return json.dumps({**self.request, "variables": variables}).encode()
+        return replace(self.operation, variables=variables)
 
     def summary(self) -> str:
         """The mutation and what it was about: `launchPipelineExecution jobName=...`."""
@@ -131,7 +133,7 @@ class UiWrite:
         """
         arguments = self.arguments
         kept = next(iter(arguments.values())) if len(arguments) == 1 else arguments
-        return {"operationName": self.request.get("operationName"), **scrubbed(kept), **self.named}
+        return {"operationName": self.operation.name, **scrubbed(kept), **self.named}
 
     def state_ids(self) -> list[str]:
         """The schedule or sensor states the request names by id only."""
@@ -143,81 +145,72 @@ class UiWrite:
         ]
 
 
-def ui_write(body: bytes, content_type: str) -> UiWrite | None:
-    """The write a POSTed GraphQL request makes, or None when it makes none (a query, a
-    subscription, or a request the webserver will refuse as it stands).
+def ui_write(operation: Operation) -> UiWrite | None:
+    """The write a mutation makes, or None for a mutation that writes nothing anyone runs
+    on (the UI's own bookkeeping). A mutation whose fields, or whose runs' tags, the door
+    cannot know for certain is refused.
     """
-    request = graphql_request(body, content_type)
-    if request is None:
-        return None
-    operation = chosen_operation(request)
-    if operation is None or operation.operation is not OperationType.MUTATION:
-        return None
-    fields = [f for f in operation.selection_set.selections if isinstance(f, FieldNode)]
-    if len(fields) != len(operation.selection_set.selections):
-        raise RefusedWrite("a mutation through the door names its fields, without fragments")
+    selections = operation.definition.selection_set.selections
+    fields = [selection for selection in selections if isinstance(selection, FieldNode)]
+    if len(fields) != len(selections):
+        raise Refused(
+            400,
+            "a mutation through the door names its fields, without fragments",
+            attempted="a mutation of fragments",
+        )
     if all(selection.name.value in NOT_WRITES for selection in fields):
         return None
-    write = UiWrite(request, fields)
     for selection in fields:
-        for argument in RUN_STARTING.get(selection.name.value, {}):
-            for node in selection.arguments:
-                if node.name.value == argument and not isinstance(node.value, VariableNode):
-                    raise RefusedWrite(
-                        f"{selection.name.value} through the door passes {argument} as a variable,"
-                        " so that the runs it starts can be tagged with who started them"
-                    )
-    return write
+        check_run_starting(operation, selection)
+    return UiWrite(operation, fields)
 
 
-def is_mutation_query(query: str | None, operation_name: str | None) -> bool:
-    """Whether a GraphQL document sent in a URL (GET) would run a mutation."""
-    if not query:
-        return False
-    operation = chosen_operation({"query": query, "operationName": operation_name})
-    return operation is not None and operation.operation is OperationType.MUTATION
+def action_of(fields: list[FieldNode]) -> str:
+    return ", ".join(selection.name.value for selection in fields)
 
 
-def is_subscription(query: Any, operation_name: Any) -> bool:
-    operation = chosen_operation({"query": query, "operationName": operation_name})
-    return operation is not None and operation.operation is OperationType.SUBSCRIPTION
+def check_run_starting(operation: Operation, selection: FieldNode) -> None:
+    """Each argument of `selection` that starts runs is a variable the request gives (or
+    leaves out), with no default in the document, and holds what a run's parameters hold:
+    then the door's tag is the one the runs get.
+    """
+    field = selection.name.value
+    defaults = declared_defaults(operation.definition)
+    for node in selection.arguments:
+        argument = node.name.value
+        if argument not in RUN_STARTING.get(field, {}):
+            continue
+        if not isinstance(node.value, VariableNode):
+            raise Refused(
+                400,
+                f"{field} through the door passes {argument} as a variable, so that the runs"
+                " it starts can be tagged with who started them",
+                attempted=field,
+            )
+        variable = node.value.name.value
+        if variable in defaults:
+            raise Refused(
+                400,
+                f"{field} through the door passes {argument} as a variable without a default"
+                " in the document, so that the runs it starts can be tagged with who started"
+                " them",
+                attempted=field,
+            )
+        value = operation.variables.get(variable)
+        items = value if isinstance(value, list) else [value]
+        if not all(item is None or isinstance(item, dict) for item in items):
+            raise Refused(
+                400, f"{field}'s {argument} is an object of a run's parameters", attempted=field
+            )
 
 
-def graphql_request(body: bytes, content_type: str) -> dict[str, Any] | None:
-    """`{"query", "variables", "operationName"}` as the webserver reads a POST's body."""
-    if "application/graphql" in content_type:
-        return {"query": body.decode("utf-8", errors="replace")}
-    try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if isinstance(request, list):
-        raise RefusedWrite("one GraphQL operation per request through the door")
-    if not isinstance(request, dict):
-        return None
-    if isinstance(request.get("variables"), str):  # the webserver accepts them as JSON text
-        try:
-            request["variables"] = json.loads(request["variables"])
-        except json.JSONDecodeError:
-            return None
-    return request
-
-
-def chosen_operation(request: dict[str, Any]) -> OperationDefinitionNode | None:
-    """The operation the webserver would execute: the one named, or the only one."""
-    query = request.get("query")
-    if not isinstance(query, str):
-        return None
-    try:
-        document = parse(query)
-    except GraphQLError:
-        return None
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    name = request.get("operationName")
-    if name:
-        named = [op for op in operations if op.name is not None and op.name.value == name]
-        return named[0] if len(named) == 1 else None
-    return operations[0] if len(operations) == 1 else None
+def declared_defaults(definition: OperationDefinitionNode) -> dict[str, Any]:
+    """The variables the operation declares with a default, and those defaults."""
+    return {
+        declared.variable.name.value: value_from_ast_untyped(declared.default_value)
+        for declared in definition.variable_definitions
+        if declared.default_value is not None
+    }
 
 
 def arguments_of(selection: FieldNode, variables: dict[str, Any]) -> dict[str, Any]:
@@ -249,12 +242,13 @@ def set_tag(params: dict[str, Any], path: tuple[str, ...], who: str) -> None:
         if not isinstance(holder.get(key), dict):
             holder[key] = {}
         holder = holder[key]
-    tags = [
+    tags = holder.get(path[-1])
+    kept = [
         tag
-        for tag in holder.get(path[-1]) or []
+        for tag in (tags if isinstance(tags, list) else [])
         if not (isinstance(tag, dict) and tag.get("key") == TRIGGERED_BY_TAG)
     ]
-    holder[path[-1]] = [*tags, {"key": TRIGGERED_BY_TAG, "value": who}]
+    holder[path[-1]] = [*kept, {"key": TRIGGERED_BY_TAG, "value": who}]
 
 
 def subjects_in(value: Any) -> Iterator[tuple[str, Any]]:

@@ -60,6 +60,8 @@ GRANT SELECT, INSERT, UPDATE ON jobs_pipeline.api_tokens TO jobs_runner;
 -- The UI's writes through the door: recorded, then finished with their outcome; never
 -- deleted (the admin API, and `why --run`, `ui-actions`).
 GRANT SELECT, INSERT, UPDATE ON jobs_pipeline.ui_actions TO jobs_runner;
+-- The door's sessions: started at sign-in, ended at sign-out; never deleted.
+GRANT SELECT, INSERT, UPDATE ON jobs_pipeline.ui_sessions TO jobs_runner;
 GRANT SELECT ON jobs_pipeline.alembic_version TO jobs_runner;
 -- No grant on the sequences: the ids are identity columns, whose sequences an INSERT
 -- advances without a privilege of its own.
