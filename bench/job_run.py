@@ -14,8 +14,8 @@ from typing import Any
 import dagster as dg
 
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.job_parts.results import result_of
 from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.steps.reporting import result_of
 
 
 def print_measured_run(

@@ -42,7 +42,7 @@ from playwright.sync_api import Browser, Locator, Page, Request, WebSocket, expe
 
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY, SHARD_COUNT
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
-from jobs_pipeline.jobs.undo import JOB_NAME as UNDO_JOB
+from jobs_pipeline.operator_tools.undo import JOB_NAME as UNDO_JOB
 from jobs_pipeline_tests.support.browser import (
     VIEWPORT,
     chromium,

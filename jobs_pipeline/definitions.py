@@ -9,7 +9,6 @@ import os
 
 import dagster as dg
 
-from jobs_pipeline.instance.run_workers import run_worker_executor
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     discipline_stats_rollup_job,
     discipline_stats_rollup_schedule,
@@ -18,7 +17,6 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     user_discipline_stats_freshness_sensor,
 )
 from jobs_pipeline.jobs.email_delivery import email_delivery_job, email_delivery_schedule
-from jobs_pipeline.jobs.forecast import tonight_forecast_job, tonight_forecast_schedule
 from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     global_override_check_schedule,
@@ -26,12 +24,14 @@ from jobs_pipeline.jobs.global_override_check import (
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
-from jobs_pipeline.jobs.undo import undo_run_job
+from jobs_pipeline.monitoring.monitoring import MONITORING_SENSORS
+from jobs_pipeline.operator_tools.forecast import tonight_forecast_job, tonight_forecast_schedule
+from jobs_pipeline.operator_tools.undo import undo_run_job
 from jobs_pipeline.resources.alerting import DEFAULT_WEBSERVER_URL, AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.heartbeats import Heartbeats
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.sensors.monitoring import MONITORING_SENSORS
+from jobs_pipeline.runs.workers import run_worker_executor
 
 
 def optional_env(name: str) -> dg.EnvVar | None:

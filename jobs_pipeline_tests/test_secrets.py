@@ -30,10 +30,10 @@ from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.monitoring.monitoring import alert_redelivery_sensor
 from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.sensors.monitoring import alert_redelivery_sensor
 from jobs_pipeline.storage.api_tokens import issue_token, token_digest
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG, EmbeddedPostgres
 from jobs_pipeline_tests.support.app_data import (

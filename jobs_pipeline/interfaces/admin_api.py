@@ -4,7 +4,7 @@
     GET  /api/admin/runs/{run_id} where a run stands, and its result once it has ended
     GET  /api/admin/jobs          every job with its schedule and last run
     GET  /api/admin/openapi.json  this API, generated from the models below
-    GET  /metrics                 Prometheus metrics, without a token (`operations/metrics.py`)
+    GET  /metrics                 Prometheus metrics, without a token (`deployment/metrics.py`)
     /door/...                     with `--ui`: the door in front of the Dagster UI (`door/`)
 
 Runs go onto the Dagster instance's queue, as a schedule's or the UI's do, and a
@@ -37,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import Engine
 
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.deployment.metrics import metrics_registry
 from jobs_pipeline.formats import display_name
-from jobs_pipeline.instance.run_outcomes import RunOutcome, outcome_of
 from jobs_pipeline.interfaces.door.arrival import client_address
 from jobs_pipeline.interfaces.door.routes import router as door_routes
 from jobs_pipeline.interfaces.door.session import DoorSettings
@@ -52,10 +52,10 @@ from jobs_pipeline.interfaces.launch import (
     plan_launch,
     schedules_by_job,
 )
-from jobs_pipeline.operations.metrics import metrics_registry
+from jobs_pipeline.job_parts.scheduling import priority_of
+from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
 from jobs_pipeline.resources.alerting import redact
-from jobs_pipeline.steps.scheduling import priority_of
-from jobs_pipeline.steps.writers import DRY_RUN_TAG
+from jobs_pipeline.runs.outcomes import RunOutcome, outcome_of
 from jobs_pipeline.storage.api_tokens import Caller, authenticate
 
 log = logging.getLogger("jobs_pipeline.admin_api")

@@ -28,18 +28,18 @@ from sqlalchemy.engine import make_url
 from jobs_pipeline.dagster_private import in_process_workspace, submit_run
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.formats import display_name
-from jobs_pipeline.instance.run_outcomes import (
+from jobs_pipeline.job_parts.guard import parse_as_of
+from jobs_pipeline.job_parts.results import result_of
+from jobs_pipeline.job_parts.scheduling import PARTITION_TAG, TRIGGERED_BY_TAG, is_maintenance_job
+from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+from jobs_pipeline.jobs.discipline_stats_rollup import shard_of
+from jobs_pipeline.runs.outcomes import (
     RunOutcome,
     first_failure_line,
     record_operator_stop,
     was_interrupted,
 )
-from jobs_pipeline.instance.status import job_pools
-from jobs_pipeline.jobs.discipline_stats_rollup import shard_of
-from jobs_pipeline.steps.guard import parse_as_of
-from jobs_pipeline.steps.reporting import result_of
-from jobs_pipeline.steps.scheduling import PARTITION_TAG, TRIGGERED_BY_TAG, is_maintenance_job
-from jobs_pipeline.steps.writers import DRY_RUN_TAG
+from jobs_pipeline.runs.status import job_pools
 from jobs_pipeline.storage.embedded import state_dir
 from jobs_pipeline.storage.users import find_user
 

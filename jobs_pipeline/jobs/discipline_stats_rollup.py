@@ -60,17 +60,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.formats import display_name, first_line, iso_utc
-from jobs_pipeline.resources.database import (
-    AppDatabase,
-    is_connection_loss,
-)
-from jobs_pipeline.steps.reporting import (
+from jobs_pipeline.job_parts.results import (
     JobReport,
     JobResult,
     result_metadata,
 )
-from jobs_pipeline.steps.scheduling import job_tags
-from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.scheduling import job_tags
+from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.resources.database import (
+    AppDatabase,
+    is_connection_loss,
+)
 from jobs_pipeline.storage.app_tables import (
     Timestamptz,
     aims,

@@ -17,15 +17,15 @@ from sqlalchemy import Connection, Row, and_, func, select, update
 
 from jobs_pipeline.emails.rendering import render
 from jobs_pipeline.formats import display_name, iso_utc
-from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.steps.reporting import (
+from jobs_pipeline.job_parts.results import (
     DryRunConfig,
     JobReport,
     JobResult,
 )
-from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
-from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
+from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline.storage.schema_migrations import require_current_schema
 

@@ -15,11 +15,11 @@ import dagster as dg
 from sqlalchemy import Connection, delete, func, literal, select
 
 from jobs_pipeline.formats import display_name, iso_utc
+from jobs_pipeline.job_parts.guard import AsOfConfig, requested_as_of
+from jobs_pipeline.job_parts.results import JobReport, JobResult
+from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
+from jobs_pipeline.job_parts.writers import job_step, writer_pool
 from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.steps.reporting import JobReport, JobResult
-from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
-from jobs_pipeline.steps.writers import job_step, writer_pool
 from jobs_pipeline.storage import ledger
 from jobs_pipeline.storage.app_tables import TIERS, global_config
 from jobs_pipeline.storage.ledger import RunIdentity

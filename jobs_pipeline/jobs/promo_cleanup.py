@@ -26,9 +26,8 @@ from sqlalchemy import (
 )
 
 from jobs_pipeline.formats import display_name, iso_utc
-from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.steps.batching import locked_batch, run_batches
-from jobs_pipeline.steps.guard import (
+from jobs_pipeline.job_parts.batching import locked_batch, run_batches
+from jobs_pipeline.job_parts.guard import (
     AsOfConfig,
     Caps,
     Change,
@@ -37,13 +36,14 @@ from jobs_pipeline.steps.guard import (
     guard_change,
     requested_as_of,
 )
-from jobs_pipeline.steps.reporting import (
+from jobs_pipeline.job_parts.results import (
     LOG_LINE_CAP,
     JobReport,
     JobResult,
 )
-from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
-from jobs_pipeline.steps.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
+from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage import ledger
 from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
 from jobs_pipeline.storage.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity

@@ -15,13 +15,13 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, not
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.formats import display_name, iso_utc
+from jobs_pipeline.job_parts.guard import AsOfConfig, requested_as_of
+from jobs_pipeline.job_parts.results import JobReport, JobResult
+from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
+from jobs_pipeline.job_parts.writers import job_step, writer_pool
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
-from jobs_pipeline.steps.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.steps.reporting import JobReport, JobResult
-from jobs_pipeline.steps.scheduling import job_tags, utc_schedule
-from jobs_pipeline.steps.writers import job_step, writer_pool
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline.storage.schema_migrations import require_current_schema

@@ -8,12 +8,12 @@ from typing import Any
 
 import dagster as dg
 
-from jobs_pipeline.instance.run_outcomes import first_failure_line
 from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.job_parts.results import result_of
+from jobs_pipeline.monitoring.monitoring import run_failure_alert_sensor
 from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
-from jobs_pipeline.sensors.monitoring import run_failure_alert_sensor
-from jobs_pipeline.steps.reporting import result_of
+from jobs_pipeline.runs.outcomes import first_failure_line
 
 # The in-process runs of the tests capture no compute logs: nothing reads them, and
 # Dagster's capture starts two processes per step (`tail -F` and its watcher), some of

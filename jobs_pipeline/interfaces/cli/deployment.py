@@ -25,7 +25,7 @@ def deployment_instance_environment(command: str) -> None:
 
 
 def command_setup(code_server: str, *, create_app_tables: bool) -> int:
-    from jobs_pipeline.operations.setup import SetupRefused, parse_address, set_up
+    from jobs_pipeline.deployment.setup import SetupRefused, parse_address, set_up
 
     try:
         parse_address(code_server)
@@ -48,7 +48,7 @@ def command_setup(code_server: str, *, create_app_tables: bool) -> int:
 
 def command_doctor() -> int:
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.operations.doctor import check_deployment
+    from jobs_pipeline.deployment.doctor import check_deployment
 
     deployment_instance_environment("doctor")
     home = Path(os.environ["DAGSTER_HOME"])
@@ -61,7 +61,7 @@ def command_metrics(host: str, port: int) -> int:
     import dagster as dg
 
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.operations.metrics import metrics_registry, serve
+    from jobs_pipeline.deployment.metrics import metrics_registry, serve
     from jobs_pipeline.storage.engine import create_app_engine
 
     deployment_instance_environment("metrics")

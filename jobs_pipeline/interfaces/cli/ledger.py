@@ -12,7 +12,7 @@ from jobs_pipeline.interfaces.cli.tokens import project_engine
 def command_undo(run_id: str, *, dry_run: bool) -> int:
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.interfaces.launch import DRY_RUN_TAG, LaunchPlan
-    from jobs_pipeline.jobs.undo import JOB_NAME, OP_NAME
+    from jobs_pipeline.operator_tools.undo import JOB_NAME, OP_NAME
 
     project_engine().dispose()  # the schema is there and current
     plan = LaunchPlan(
@@ -49,7 +49,7 @@ def command_why(id_or_email: str) -> int:
 
 
 def command_why_run(run_id: str) -> int:
-    from jobs_pipeline.steps.scheduling import BACKFILL_TAG
+    from jobs_pipeline.job_parts.scheduling import BACKFILL_TAG
     from jobs_pipeline.storage.ledger import changes_of_run
     from jobs_pipeline.storage.ui_actions import actions_on_run
 
@@ -101,7 +101,7 @@ def who_started(run: Any, actions: list[Any]) -> list[str]:
 
 
 def origin_of(tags: dict[str, str]) -> str:
-    from jobs_pipeline.steps.scheduling import (
+    from jobs_pipeline.job_parts.scheduling import (
         BACKFILL_TAG,
         SCHEDULE_TAG,
         SENSOR_TAG,

@@ -15,8 +15,8 @@ if TYPE_CHECKING:  # Dagster and the launcher load when a command needs them, no
     import dagster as dg
     from sqlalchemy import Engine
 
-    from jobs_pipeline.instance.run_outcomes import RunOutcome
     from jobs_pipeline.interfaces.launch import LaunchPlan
+    from jobs_pipeline.runs.outcomes import RunOutcome
 
 
 def resolve_job_name(name: str) -> str:
@@ -112,8 +112,8 @@ def start_and_report(job: dg.JobDefinition, plan: LaunchPlan) -> int:
     """
     from jobs_pipeline.formats import display_name
     from jobs_pipeline.interfaces.launch import open_instance
-    from jobs_pipeline.jobs.undo import describe_left
-    from jobs_pipeline.steps.reporting import result_json
+    from jobs_pipeline.job_parts.results import result_json
+    from jobs_pipeline.operator_tools.undo import describe_left
 
     name = display_name(job.name)
     with open_instance() as instance:
@@ -136,12 +136,12 @@ def start_run(
 ) -> RunOutcome | None:
     import uuid
 
-    from jobs_pipeline.instance.run_outcomes import wait_for_outcome
     from jobs_pipeline.interfaces.launch import (
         RunQueue,
         daemon_serves,
         execute_here,
     )
+    from jobs_pipeline.runs.outcomes import wait_for_outcome
 
     who = f"cli:{getpass.getuser()}"
     if not daemon_serves(instance):
@@ -199,7 +199,7 @@ def command_list() -> int:
 
     from jobs_pipeline.formats import display_name
     from jobs_pipeline.interfaces.launch import job_catalog, schedules_by_job
-    from jobs_pipeline.steps.scheduling import priority_of
+    from jobs_pipeline.job_parts.scheduling import priority_of
 
     prepare_app_database(schema=False)
     has_history = bool(os.environ.get("DAGSTER_HOME"))
@@ -229,7 +229,7 @@ def last_run(instance: dg.DagsterInstance | None, job_name: str) -> str:
     from datetime import datetime
 
     from jobs_pipeline.interfaces.launch import latest_run
-    from jobs_pipeline.steps.writers import DRY_RUN_TAG
+    from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
 
     if instance is None:
         return "-"

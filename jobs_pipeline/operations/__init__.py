@@ -1,1 +1,0 @@
-"""Operating a deployment: `setup`, `doctor` and the Prometheus metrics."""
