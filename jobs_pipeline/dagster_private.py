@@ -22,7 +22,21 @@ from dagster._core.events import RunFailureReason
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.remote_representation.handle import CompoundID
+
+# Dagster's own run tags, as Dagster spells them (`jobs_pipeline/tags.py` names them all).
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG as ASSET_PARTITION_RANGE_END_TAG,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_START_TAG as ASSET_PARTITION_RANGE_START_TAG,
+)
+from dagster._core.storage.tags import BACKFILL_ID_TAG as BACKFILL_ID_TAG
 from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._core.storage.tags import PARTITION_NAME_TAG as PARTITION_NAME_TAG
+from dagster._core.storage.tags import PRIORITY_TAG as PRIORITY_TAG
+from dagster._core.storage.tags import SCHEDULE_NAME_TAG as SCHEDULE_NAME_TAG
+from dagster._core.storage.tags import SENSOR_NAME_TAG as SENSOR_NAME_TAG
+from dagster._core.storage.tags import WILL_RETRY_TAG as WILL_RETRY_TAG
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget

@@ -3,7 +3,8 @@
 The bottom of the package: it imports nothing of the project's, so every layer may use it.
 """
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 
 
 def display_name(job_name: str) -> str:
@@ -12,7 +13,37 @@ def display_name(job_name: str) -> str:
 
 
 def iso_utc(moment: datetime) -> str:
+    """For machines and alerts: `2026-12-07T04:33:55.123456Z`."""
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def utc_second(moment: datetime) -> str:
+    """For a line of history: `2026-12-07T04:33:55Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc_minute(moment: datetime | float | None) -> str:
+    """For a table: `2026-12-07 04:33 UTC` (a datetime, or seconds since the epoch); `-`
+    for none.
+    """
+    if moment is None:
+        return "-"
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def elapsed(seconds: float) -> str:
+    """A span of time as people say it: `45 s`, `12 min`, `3.5 h`; `never seen` for one
+    that has no start.
+    """
+    if math.isinf(seconds):
+        return "never seen"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds // 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def first_line(error: BaseException, *, with_type: bool = False) -> str:

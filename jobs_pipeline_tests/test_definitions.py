@@ -12,10 +12,11 @@ import yaml
 from sqlalchemy import inspect
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.job_parts.scheduling import TOOL_TAG, is_maintenance_job, priority_of
+from jobs_pipeline.job_parts.scheduling import is_maintenance_job, priority_of
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
+from jobs_pipeline.tags import TOOL_TAG
 from jobs_pipeline_tests.support.running import job_result
 
 # INTERFACE.md's table: Dagster job, schedule (UTC), priority.

@@ -17,19 +17,20 @@ import dagster as dg
 import yaml
 from sqlalchemy import Engine
 
-from jobs_pipeline.dagster_private import CODE_SERVER_TAG, code_server_load_error
-from jobs_pipeline.formats import display_name
-from jobs_pipeline.job_parts.scheduling import success_overdue_after, waiting_alert_after
-from jobs_pipeline.resources.alerting import redact
+from jobs_pipeline.dagster_private import code_server_load_error
+from jobs_pipeline.formats import display_name, elapsed, first_line, utc_minute
+from jobs_pipeline.job_parts.scheduling import (
+    schedules_by_job,
+    success_overdue_after,
+    waiting_alert_after,
+)
+from jobs_pipeline.redaction import redact
 from jobs_pipeline.runs.status import (
     Pool,
-    age,
     daemon_heartbeat_ages,
     job_history,
     job_pools,
-    job_schedules,
     read_pools,
-    utc,
     waiting_runs,
 )
 from jobs_pipeline.runs.workers import (
@@ -40,6 +41,7 @@ from jobs_pipeline.storage.app_database_setup import missing_app_tables
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.outbox import outbox_backlog
 from jobs_pipeline.storage.schema_migrations import current_revision, head_revision
+from jobs_pipeline.tags import CODE_SERVER_TAG
 
 # A daemon misses a few of its 30-second heartbeats: it is down (or its thread is stuck).
 DAEMON_STALE_SECONDS = 120
@@ -94,11 +96,6 @@ def examine(deployment: Deployment) -> Iterator[Finding]:
             yield fail(f"{name}: could not be checked: {type(error).__name__}: {first_line(error)}")
 
 
-def first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else ""
-
-
 # -- the processes ----------------------------------------------------------------------------
 
 
@@ -107,10 +104,10 @@ def check_daemons(deployment: Deployment) -> Iterable[Finding]:
     stale = {daemon: seconds for daemon, seconds in ages.items() if seconds > DAEMON_STALE_SECONDS}
     if not stale:
         oldest = max(ages.values(), default=0.0)
-        yield ok(f"daemon: {len(ages)} heartbeats, the oldest {age(oldest)} old")
+        yield ok(f"daemon: {len(ages)} heartbeats, the oldest {elapsed(oldest)} old")
         return
     silent = ", ".join(
-        f"{daemon} ({'never seen' if math.isinf(seconds) else f'{age(seconds)} ago'})"
+        f"{daemon} ({'never seen' if math.isinf(seconds) else f'{elapsed(seconds)} ago'})"
         for daemon, seconds in sorted(stale.items())
     )
     yield fail(
@@ -237,7 +234,7 @@ def check_started_runs(deployment: Deployment) -> Iterable[Finding]:
             if now - since > TRANSITION_STUCK_SECONDS:
                 bad = True
                 yield fail(
-                    f"{name} has been {run.status.value} for {age(now - since)}: run monitoring"
+                    f"{name} has been {run.status.value} for {elapsed(now - since)}: run monitoring"
                     " should have ended it; is the daemon running?"
                 )
     if not bad:
@@ -254,8 +251,8 @@ def check_waiting_runs(deployment: Deployment) -> Iterable[Finding]:
     late = [w for w in waiting if w.waited(now) > waiting_alert_after(w.run.tags)]
     for w in late:
         yield fail(
-            f"run {w.run.run_id} ({display_name(w.run.job_name)}) has waited {age(w.waited(now))}"
-            f" for {w.waits_for}"
+            f"run {w.run.run_id} ({display_name(w.run.job_name)}) has waited"
+            f" {elapsed(w.waited(now))} for {w.waits_for}"
         )
     if not late:
         yield ok(f"queue: {len(waiting)} waiting, none past its limit")
@@ -281,7 +278,7 @@ def check_held_slots(deployment: Deployment) -> Iterable[Finding]:
 
 def check_last_successes(deployment: Deployment) -> Iterable[Finding]:
     fine = []
-    for job_name, schedule in sorted(job_schedules(deployment.defs).items()):
+    for job_name, schedule in sorted(schedules_by_job(deployment.defs).items()):
         history = job_history(deployment.instance, job_name)
         if history.last_success is None or history.last_success.end_time is None:
             fine.append(f"{display_name(job_name)} never yet")
@@ -290,13 +287,13 @@ def check_last_successes(deployment: Deployment) -> Iterable[Finding]:
         overdue_after = success_overdue_after(schedule)
         if since > overdue_after:
             yield fail(
-                f"{display_name(job_name)} last succeeded {age(since)} ago"
-                f" ({utc(history.last_success.end_time)}); its schedule"
-                f" `{schedule.cron_schedule}` expects one within {age(overdue_after)}: see its"
+                f"{display_name(job_name)} last succeeded {elapsed(since)} ago"
+                f" ({utc_minute(history.last_success.end_time)}); its schedule"
+                f" `{schedule.cron_schedule}` expects one within {elapsed(overdue_after)}: see its"
                 " last runs in the UI (failed? schedule off?)"
             )
         else:
-            fine.append(f"{display_name(job_name)} {age(since)} ago")
+            fine.append(f"{display_name(job_name)} {elapsed(since)} ago")
     if fine:
         yield ok(f"last successes: {', '.join(fine)}")
 
@@ -307,11 +304,11 @@ def check_outbox(deployment: Deployment) -> Iterable[Finding]:
     late = backlog.oldest_due_seconds
     if late > OUTBOX_BACKLOG_SECONDS:
         yield fail(
-            f"email outbox: {backlog.due} emails due, the oldest for {age(late)}: is"
+            f"email outbox: {backlog.due} emails due, the oldest for {elapsed(late)}: is"
             " email-delivery running (its schedule, its last runs, SMTP_HOST)?"
         )
     else:
-        yield ok(f"email outbox: {backlog.due} due now, the oldest for {age(late)}")
+        yield ok(f"email outbox: {backlog.due} due now, the oldest for {elapsed(late)}")
 
 
 CHECKS: Sequence[Check] = (

@@ -36,8 +36,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import Engine, func, select
 
 from jobs_pipeline.formats import first_line
-from jobs_pipeline.job_parts.guard import GUARD_REFUSED_TAG
-from jobs_pipeline.job_parts.scheduling import is_maintenance_job, success_overdue_after
+from jobs_pipeline.job_parts.scheduling import (
+    is_maintenance_job,
+    schedules_by_job,
+    success_overdue_after,
+)
 from jobs_pipeline.jobs import (
     discipline_stats_rollup,
     email_delivery,
@@ -48,7 +51,7 @@ from jobs_pipeline.jobs import (
 )
 from jobs_pipeline.monitoring.monitoring import FAILURE_RATE_WINDOW, failure_rate
 from jobs_pipeline.operator_tools import forecast
-from jobs_pipeline.resources.alerting import redact
+from jobs_pipeline.redaction import redact
 from jobs_pipeline.runs.status import (
     JobHistory,
     Pool,
@@ -56,13 +59,13 @@ from jobs_pipeline.runs.status import (
     daemon_heartbeat_ages,
     job_history,
     job_pools,
-    job_schedules,
     read_pools,
     recorded_result,
     run_seconds,
     waiting_runs,
 )
 from jobs_pipeline.storage.outbox import outbox_backlog, outbox_held
+from jobs_pipeline.tags import GUARD_REFUSED_TAG, forecast_abnormal_tag
 
 log = logging.getLogger("jobs_pipeline.metrics")
 
@@ -123,7 +126,7 @@ class Catalogue:
         every_job = defs.resolve_all_job_defs()
         return cls(
             jobs=tuple(sorted(job.name for job in every_job if is_maintenance_job(job))),
-            schedules=job_schedules(defs),
+            schedules=schedules_by_job(defs),
             pools=tuple(job_pools(every_job)),
             forecast_jobs=tuple(schedule.job_name for schedule, _rule in forecast.RULES),
         )
@@ -424,7 +427,7 @@ def forecast_metrics(scrape: Scrape) -> list[Metric]:
     )
     for job in jobs:
         abnormal = dg.RunsFilter(
-            job_name=forecast.JOB_NAME, tags={forecast.verdict_tag(job): "true"}
+            job_name=forecast.JOB_NAME, tags={forecast_abnormal_tag(job): "true"}
         )
         total.add_metric([job], instance.get_runs_count(abnormal))
     return [total, *latest_forecast_families(instance, jobs)]
@@ -442,8 +445,8 @@ def latest_forecast_families(instance: dg.DagsterInstance, jobs: Sequence[str]) 
     if latest is not None:
         tags = latest.dagster_run.tags
         for job in jobs:
-            if forecast.verdict_tag(job) in tags:
-                verdict.add_metric([job], 1.0 if tags[forecast.verdict_tag(job)] == "true" else 0)
+            if forecast_abnormal_tag(job) in tags:
+                verdict.add_metric([job], 1.0 if tags[forecast_abnormal_tag(job)] == "true" else 0)
         when.add_metric([], latest.create_timestamp.timestamp())
     return [verdict, when]
 
@@ -455,7 +458,7 @@ def latest_forecast(instance: dg.DagsterInstance, jobs: Sequence[str]) -> dg.Run
     if not jobs:
         return None
     made = dg.RunsFilter(
-        job_name=forecast.JOB_NAME, tags={forecast.verdict_tag(jobs[0]): ["true", "false"]}
+        job_name=forecast.JOB_NAME, tags={forecast_abnormal_tag(jobs[0]): ["true", "false"]}
     )
     records = instance.get_run_records(made, limit=1)
     return records[0] if records else None

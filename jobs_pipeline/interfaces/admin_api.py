@@ -38,7 +38,7 @@ from sqlalchemy import Engine
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.deployment.metrics import metrics_registry
-from jobs_pipeline.formats import display_name
+from jobs_pipeline.formats import display_name, first_line
 from jobs_pipeline.interfaces.door.arrival import client_address
 from jobs_pipeline.interfaces.door.routes import router as door_routes
 from jobs_pipeline.interfaces.door.session import DoorSettings
@@ -50,13 +50,12 @@ from jobs_pipeline.interfaces.launch import (
     job_catalog,
     latest_run,
     plan_launch,
-    schedules_by_job,
 )
-from jobs_pipeline.job_parts.scheduling import priority_of
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
-from jobs_pipeline.resources.alerting import redact
+from jobs_pipeline.job_parts.scheduling import priority_of, schedules_by_job
+from jobs_pipeline.redaction import redact
 from jobs_pipeline.runs.outcomes import RunOutcome, outcome_of
 from jobs_pipeline.storage.api_tokens import Caller, authenticate
+from jobs_pipeline.tags import DRY_RUN_TAG
 
 log = logging.getLogger("jobs_pipeline.admin_api")
 
@@ -425,7 +424,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
 
 
 def jobs_with_last_runs(instance: dg.DagsterInstance) -> list[JobListing]:
-    schedules = schedules_by_job()
+    schedules = schedules_by_job(defs)
     listed = []
     for name, job in job_catalog().items():
         schedule = schedules.get(name)
@@ -480,5 +479,4 @@ async def bad_request(request: Request, error: Exception) -> JSONResponse:
 async def internal_error(request: Request, error: Exception) -> JSONResponse:
     """Anything unforeseen: logged here, answered without a trace or a secret."""
     log.exception("admin API: %s %s failed", request.method, request.url.path)
-    first = str(error).splitlines()[0] if str(error) else ""
-    return JSONResponse({"error": redact(f"{type(error).__name__}: {first}")}, status_code=500)
+    return JSONResponse({"error": redact(first_line(error, with_type=True))}, status_code=500)

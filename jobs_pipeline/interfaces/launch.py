@@ -30,8 +30,7 @@ from jobs_pipeline.definitions import defs
 from jobs_pipeline.formats import display_name
 from jobs_pipeline.job_parts.guard import parse_as_of
 from jobs_pipeline.job_parts.results import result_of
-from jobs_pipeline.job_parts.scheduling import PARTITION_TAG, TRIGGERED_BY_TAG, is_maintenance_job
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+from jobs_pipeline.job_parts.scheduling import is_maintenance_job
 from jobs_pipeline.jobs.discipline_stats_rollup import shard_of
 from jobs_pipeline.runs.outcomes import (
     RunOutcome,
@@ -42,6 +41,13 @@ from jobs_pipeline.runs.outcomes import (
 from jobs_pipeline.runs.status import job_pools
 from jobs_pipeline.storage.embedded import state_dir
 from jobs_pipeline.storage.users import find_user
+from jobs_pipeline.tags import (
+    DRY_RUN_TAG,
+    PARTITION_RANGE_END_TAG,
+    PARTITION_RANGE_START_TAG,
+    PARTITION_TAG,
+    TRIGGERED_BY_TAG,
+)
 
 DEFINITIONS_MODULE = "jobs_pipeline.definitions"
 # The code location's name in every workspace (workspace.yaml, a deployment's).
@@ -57,10 +63,6 @@ def job_catalog() -> dict[str, dg.JobDefinition]:
     """Dagster job name -> job, in name order, for every job users run by name."""
     jobs = sorted(defs.resolve_all_job_defs(), key=lambda job: job.name)
     return {job.name: job for job in jobs if is_maintenance_job(job)}
-
-
-def schedules_by_job() -> dict[str, dg.ScheduleDefinition]:
-    return {s.job_name: s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)}
 
 
 def latest_run(instance: dg.DagsterInstance, job_name: str) -> dg.RunRecord | None:
@@ -135,8 +137,8 @@ def plan_launch(
         )
     if job.partitions_def is not None:
         keys = job.partitions_def.get_partition_keys()
-        tags["dagster/asset_partition_range_start"] = keys[0]
-        tags["dagster/asset_partition_range_end"] = keys[-1]
+        tags[PARTITION_RANGE_START_TAG] = keys[0]
+        tags[PARTITION_RANGE_END_TAG] = keys[-1]
     return LaunchPlan(run_config=op_config_for(job, dry_run=dry_run, **extra), tags=tags)
 
 

@@ -29,7 +29,7 @@ from jobs_pipeline.job_parts.results import DryRunConfig, JobReport
 
 # A run the guard stopped carries this tag, so the refusals of a job can be counted from the
 # run storage in one query (the Prometheus metric `jobs_pipeline_guard_refusals_total`).
-GUARD_REFUSED_TAG = "jobs_pipeline/guard_refused"
+from jobs_pipeline.tags import GUARD_REFUSED_TAG
 
 
 class GuardConfig(dg.Config):

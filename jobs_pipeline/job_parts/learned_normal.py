@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from jobs_pipeline.job_parts.results import result_of
-from jobs_pipeline.job_parts.scheduling import SCHEDULE_TAG
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+from jobs_pipeline.tags import DRY_RUN_TAG, SCHEDULE_TAG
 
 DEFAULT_K = 3.0
 DEFAULT_FLOOR = 50

@@ -9,19 +9,18 @@ from typing import Literal
 import dagster as dg
 
 from jobs_pipeline.dagster_private import cron_ticks
+from jobs_pipeline.tags import (
+    ALERT_AFTER_TAG,
+    ALERT_WAITING_AFTER_TAG,
+    JOB_LOCK_TAG,
+    MAX_RUNTIME_TAG,
+    PRIORITY_TAG,
+    TOOL_TAG,
+)
 
 Priority = Literal["high", "medium", "low"]
 
-# Tags Dagster itself puts on runs: what started them.
-SCHEDULE_TAG = "dagster/schedule_name"
-SENSOR_TAG = "dagster/sensor_name"
-BACKFILL_TAG = "dagster/backfill"
-PARTITION_TAG = "dagster/partition"
-# Who started a run by hand: `cli:<OS user>`, `api:<email>` or `ui:<email>`.
-TRIGGERED_BY_TAG = "jobs_pipeline/triggered_by"
-
 # Dagster's queue launches higher `dagster/priority` values first.
-PRIORITY_TAG = "dagster/priority"
 PRIORITY_TAG_VALUES: Mapping[Priority, int] = {"high": 10, "medium": 5, "low": 0}
 
 
@@ -33,19 +32,12 @@ def priority_of(tags: Mapping[str, str]) -> Priority | None:
     )
 
 
-# A run still going after this long alerts once (the original design's "> 5 minutes").
-ALERT_AFTER_TAG = "jobs_pipeline/alert_after_seconds"
+# A run still going after this long alerts once ("> 5 minutes" in the jobs' rules).
 DEFAULT_ALERT_AFTER_SECONDS = 300
 # Run monitoring (dagster.yaml) stops a run that goes on past this: a stuck run.
 DEFAULT_MAX_RUNTIME_SECONDS = 1800
 # A run still waiting for its turn (queued, or for a pool's slot) after this long alerts once.
-ALERT_WAITING_AFTER_TAG = "jobs_pipeline/alert_waiting_after_seconds"
 DEFAULT_ALERT_WAITING_AFTER_SECONDS = 900
-
-
-# An operators' tool, not a job run by name (`run`, `list`, the admin API leave it out):
-# undo (its own command, never scheduled) and the evening forecast (its own schedule).
-TOOL_TAG = "jobs_pipeline/tool"
 
 
 def waiting_alert_after(tags: Mapping[str, str]) -> float:
@@ -59,7 +51,10 @@ def waiting_alert_after(tags: Mapping[str, str]) -> float:
 
 
 def is_maintenance_job(job: dg.JobDefinition) -> bool:
-    """A job users run by name: not Dagster's own (`__ASSET_JOB`), not a tool."""
+    """A job users run by name: not Dagster's own (`__ASSET_JOB`), not an operators' tool
+    (undo, its own command; the forecast, its own schedule), which `run`, `list` and the
+    admin API leave out.
+    """
     return not job.name.startswith("__") and job.tags.get(TOOL_TAG) != "true"
 
 
@@ -79,9 +74,9 @@ def job_tags(
         raise ValueError("a job's alert threshold must come before its maximum runtime")
     return {
         PRIORITY_TAG: str(PRIORITY_TAG_VALUES[priority]),
-        "job_lock": job_name,
+        JOB_LOCK_TAG: job_name,
         ALERT_AFTER_TAG: str(alert_after_seconds),
-        "dagster/max_runtime": str(max_runtime_seconds),
+        MAX_RUNTIME_TAG: str(max_runtime_seconds),
         ALERT_WAITING_AFTER_TAG: str(alert_waiting_after_seconds),
     }
 
@@ -95,6 +90,15 @@ def utc_schedule(job: dg.JobDefinition, cron: str) -> dg.ScheduleDefinition:
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
+
+
+def schedules_by_job(defs: dg.Definitions) -> dict[str, dg.ScheduleDefinition]:
+    """Dagster job name -> its schedule, for the jobs that have one."""
+    return {
+        schedule.job_name: schedule
+        for schedule in defs.schedules or []
+        if isinstance(schedule, dg.ScheduleDefinition)
+    }
 
 
 def next_tick(schedule: dg.ScheduleDefinition, now: datetime) -> datetime:

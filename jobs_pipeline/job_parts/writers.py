@@ -1,4 +1,4 @@
-"""One writer per app table, and dry runs that say so: what every job's step shares.
+"""One writer per app table, and dry runs that say so.
 
 Each job's op names the app table it writes as its Dagster concurrency pool
 (`dagster.yaml` gives every pool one slot), so runs through the instance, the asset
@@ -13,9 +13,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from jobs_pipeline.resources.database import AppDatabase
-
-# Shown in the runs list, so a dry run never passes for a real one.
-DRY_RUN_TAG = "jobs_pipeline/dry_run"
+from jobs_pipeline.tags import DRY_RUN_TAG
 
 
 def writer_pool(table: str) -> str:

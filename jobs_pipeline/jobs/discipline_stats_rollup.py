@@ -81,6 +81,7 @@ from jobs_pipeline.storage.app_tables import (
 )
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.users import find_user
+from jobs_pipeline.tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
 JOB_NAME = "discipline_stats_rollup"
 ASSET_KEY = dg.AssetKey("user_discipline_stats")
@@ -89,8 +90,8 @@ SHARD_COUNT = 16
 
 user_shards = dg.StaticPartitionsDefinition([f"{shard:02d}" for shard in range(SHARD_COUNT)])
 ALL_SHARDS_TAGS = {
-    "dagster/asset_partition_range_start": user_shards.get_partition_keys()[0],
-    "dagster/asset_partition_range_end": user_shards.get_partition_keys()[-1],
+    PARTITION_RANGE_START_TAG: user_shards.get_partition_keys()[0],
+    PARTITION_RANGE_END_TAG: user_shards.get_partition_keys()[-1],
 }
 
 STAT_COLUMNS = (

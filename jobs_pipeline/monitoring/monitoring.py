@@ -23,14 +23,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from jobs_pipeline.formats import iso_utc
-from jobs_pipeline.job_parts.scheduling import (
-    ALERT_AFTER_TAG,
-    DEFAULT_ALERT_AFTER_SECONDS,
-    SCHEDULE_TAG,
-    waiting_alert_after,
-)
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+from jobs_pipeline.formats import elapsed, iso_utc
+from jobs_pipeline.job_parts.scheduling import DEFAULT_ALERT_AFTER_SECONDS, waiting_alert_after
 from jobs_pipeline.resources.alerting import (
     Alert,
     AlertChannels,
@@ -42,6 +36,13 @@ from jobs_pipeline.resources.alerting import (
 from jobs_pipeline.resources.heartbeats import Heartbeats
 from jobs_pipeline.runs.outcomes import first_failure_line
 from jobs_pipeline.runs.status import job_pools, read_pools, waiting_runs
+from jobs_pipeline.tags import (
+    ALERT_AFTER_TAG,
+    DRY_RUN_TAG,
+    HEARTBEAT_PINGED_TAG,
+    SCHEDULE_TAG,
+    WILL_RETRY_TAG,
+)
 
 FAILED = "failed"
 STILL_RUNNING = "still running"
@@ -81,7 +82,7 @@ def failure_alert(
 
 def is_final_attempt(run: dg.DagsterRun) -> bool:
     """A run Dagster will re-execute is not the last word: alert on the final failure only."""
-    return run.tags.get("dagster/will_retry", "false").lower() != "true"
+    return run.tags.get(WILL_RETRY_TAG, "false").lower() != "true"
 
 
 @dg.run_failure_sensor(
@@ -161,7 +162,7 @@ def long_running_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertCh
             kind=STILL_RUNNING,
             job_name=run.job_name,
             headline=(
-                f"running for {duration(running_for)}, past its {duration(threshold)} threshold"
+                f"running for {elapsed(running_for)}, past its {elapsed(threshold)} threshold"
             ),
             at=datetime.fromtimestamp(now, UTC),
             link=alerts.run_link(run.run_id),
@@ -194,8 +195,8 @@ def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannel
             kind=WAITING,
             job_name=run.job_name,
             headline=(
-                f"waiting for {duration(waiting.waited(now))} (its limit is"
-                f" {duration(limit)}) for {waiting.waits_for}"
+                f"waiting for {elapsed(waiting.waited(now))} (its limit is"
+                f" {elapsed(limit)}) for {waiting.waits_for}"
             ),
             at=datetime.fromtimestamp(now, UTC),
             link=alerts.run_link(run.run_id),
@@ -204,7 +205,6 @@ def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannel
         deliver_for_run(context.instance, run, alert, alerts, context.log.warning)
 
 
-PINGED_TAG = "jobs_pipeline/heartbeat_pinged"
 # A ping later than this says nothing an outside service still wants to hear.
 HEARTBEAT_HORIZON = timedelta(hours=1)
 
@@ -212,7 +212,11 @@ HEARTBEAT_HORIZON = timedelta(hours=1)
 def owes_a_ping(run: dg.DagsterRun) -> bool:
     """A scheduled, real (not dry) run that has not pinged yet."""
     tags = run.tags
-    return SCHEDULE_TAG in tags and tags.get(DRY_RUN_TAG) != "true" and PINGED_TAG not in tags
+    return (
+        SCHEDULE_TAG in tags
+        and tags.get(DRY_RUN_TAG) != "true"
+        and HEARTBEAT_PINGED_TAG not in tags
+    )
 
 
 @dg.sensor(
@@ -245,11 +249,7 @@ def heartbeat_sensor(context: dg.SensorEvaluationContext, heartbeats: Heartbeats
                 f" {type(error).__name__}"
             )
             continue
-        context.instance.add_run_tags(run.run_id, {PINGED_TAG: iso_utc(now)})
-
-
-def duration(seconds: float) -> str:
-    return f"{int(seconds)} s" if seconds < 120 else f"{int(seconds // 60)} min"
+        context.instance.add_run_tags(run.run_id, {HEARTBEAT_PINGED_TAG: iso_utc(now)})
 
 
 def job_names_watched(context: dg.SensorEvaluationContext) -> list[str]:

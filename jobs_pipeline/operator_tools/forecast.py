@@ -29,15 +29,16 @@ from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.guard import Change, Learned, blast_radius_refusal, number
 from jobs_pipeline.job_parts.learned_normal import Normal, learned_normal
 from jobs_pipeline.job_parts.results import JobReport, JobResult
-from jobs_pipeline.job_parts.scheduling import TOOL_TAG, job_tags, next_tick, utc_schedule
+from jobs_pipeline.job_parts.scheduling import job_tags, next_tick, utc_schedule
 from jobs_pipeline.jobs import (
     global_override_check,
     promo_cleanup,
     tier_expiration,
     trial_reminder,
 )
-from jobs_pipeline.resources.alerting import Alert, AlertChannels, deliver, tag_key
+from jobs_pipeline.resources.alerting import Alert, AlertChannels, deliver
 from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.tags import TOOL_TAG, alerted_tag, forecast_abnormal_tag
 
 JOB_NAME = "tonight_forecast"
 OP_NAME = "forecast_tonight"
@@ -284,16 +285,8 @@ def forecast_result(forecasts: Sequence[Forecast], now: datetime) -> JobResult:
     return result
 
 
-def verdict_tag(job: str) -> str:
-    """`jobs_pipeline/forecast_abnormal_tier_expiration`, "true" or "false" on each forecast
-    run: abnormal forecasts are then counted per job with one tag filter (the metrics'
-    `jobs_pipeline_forecast_abnormal_total`), and the latest verdict read off one run.
-    """
-    return f"jobs_pipeline/forecast_abnormal_{job}"
-
-
 def verdict_tags(forecasts: Sequence[Forecast]) -> dict[str, str]:
-    return {verdict_tag(f.job): "true" if f.abnormal else "false" for f in forecasts}
+    return {forecast_abnormal_tag(f.job): "true" if f.abnormal else "false" for f in forecasts}
 
 
 # -- alerts, once per job and tick ---------------------------------------------------------
@@ -301,7 +294,7 @@ def verdict_tags(forecasts: Sequence[Forecast]) -> dict[str, str]:
 
 def delivery_tag(job: str, channel: str) -> str:
     """`jobs_pipeline/alerted_forecast_tier_expiration_email`, whose value is the tick."""
-    return tag_key(f"forecast {job}", channel)
+    return alerted_tag(f"forecast {job}", channel)
 
 
 @dataclass

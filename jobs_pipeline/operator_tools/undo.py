@@ -21,13 +21,14 @@ from sqlalchemy import Connection, Table, select, text
 
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.results import LOG_LINE_CAP, JobReport, JobResult
-from jobs_pipeline.job_parts.scheduling import TOOL_TAG, job_tags
+from jobs_pipeline.job_parts.scheduling import job_tags
 from jobs_pipeline.job_parts.writers import job_step
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.ledger import UNDO_WINDOW_DAYS
 from jobs_pipeline.storage.project_tables import change_ledger
 from jobs_pipeline.storage.schema_migrations import require_current_schema
+from jobs_pipeline.tags import TOOL_TAG
 
 JOB_NAME = "undo_run"
 OP_NAME = "undo_changes"

@@ -11,42 +11,18 @@ costs more than a repeated one.
 import json
 import os
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 
 import dagster as dg
 from pydantic import Field
-from sqlalchemy.engine import make_url
 
 from jobs_pipeline.formats import display_name, first_line, iso_utc
+from jobs_pipeline.redaction import redact
 from jobs_pipeline.resources.mail import Mailer
-
-SECRET_VARIABLES = ("SMTP_PASSWORD", "ALERT_WEBHOOK_URL", "HEARTBEAT_URL", "UI_SESSION_SECRET")
-URL_VARIABLES = ("DATABASE_URL", "DAGSTER_POSTGRES_URL")
-
-
-def secrets_in_environment() -> list[str]:
-    """Values that must never appear in an alert: passwords, and the webhook URL itself."""
-    found = [os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)]
-    for name in URL_VARIABLES:
-        value = os.environ.get(name)
-        if not value:
-            continue
-        try:
-            password = make_url(value).password
-        except Exception:
-            password = None
-        if password:
-            found.append(str(password))
-    return [secret for secret in found if len(secret) >= 4]
-
-
-def redact(text: str, secrets: Iterable[str] | None = None) -> str:
-    for secret in secrets if secrets is not None else secrets_in_environment():
-        text = text.replace(secret, "***")
-    return text
+from jobs_pipeline.tags import alerted_tag
 
 
 @dataclass(frozen=True)
@@ -186,15 +162,9 @@ def deliver(
 
 # -- alerts about a run, recorded on the run -------------------------------------------------
 
-ALERT_TAG_PREFIX = "jobs_pipeline/alerted"
-
-
-def tag_key(kind: str, channel: str) -> str:
-    return f"{ALERT_TAG_PREFIX}_{kind.replace(' ', '_')}_{channel}"
-
 
 def delivered_on_run(run: dg.DagsterRun, kind: str) -> set[str]:
-    prefix = tag_key(kind, "")
+    prefix = alerted_tag(kind, "")
     return {key.removeprefix(prefix) for key in run.tags if key.startswith(prefix)}
 
 
@@ -210,7 +180,7 @@ def deliver_for_run(
     """
 
     def record(channel: str) -> None:
-        instance.add_run_tags(run.run_id, {tag_key(alert.kind, channel): iso_utc(alert.at)})
+        instance.add_run_tags(run.run_id, {alerted_tag(alert.kind, channel): iso_utc(alert.at)})
 
     current = instance.get_run_by_id(run.run_id) or run
     delivered = delivered_on_run(current, alert.kind)

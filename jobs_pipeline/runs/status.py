@@ -9,19 +9,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
+from jobs_pipeline.formats import elapsed
 from jobs_pipeline.job_parts.results import result_of
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+from jobs_pipeline.tags import DRY_RUN_TAG, JOB_LOCK_TAG
 
 # Dagster's daemons write a heartbeat every 30 s; one older than this is a daemon that
 # is not running (the rule an operator's Prometheus loads says the same).
 DAEMON_DOWN_AFTER_SECONDS = 300
 QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
-JOB_LOCK_TAG = "job_lock"
 IN_PROGRESS = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
@@ -166,7 +165,7 @@ def queued_for(
     if queue_age is not None and queue_age > DAEMON_DOWN_AFTER_SECONDS:
         return (
             "the daemon, which takes runs off the queue: its last heartbeat is"
-            f" {age(queue_age)} old"
+            f" {elapsed(queue_age)} old"
         )
     lock = run.tags.get(JOB_LOCK_TAG)
     ahead = [other for other in in_progress if lock and other.tags.get(JOB_LOCK_TAG) == lock]
@@ -201,26 +200,7 @@ def max_concurrent_runs(instance: dg.DagsterInstance) -> int | None:
     return queue.max_concurrent_runs if queue is not None else None
 
 
-def age(seconds: float) -> str:
-    if math.isinf(seconds):
-        return "never seen"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 # -- each job's history -----------------------------------------------------------------------
-
-
-def job_schedules(defs: dg.Definitions) -> dict[str, dg.ScheduleDefinition]:
-    """Dagster job name -> its schedule, for the jobs that have one."""
-    return {
-        schedule.job_name: schedule
-        for schedule in defs.schedules or []
-        if isinstance(schedule, dg.ScheduleDefinition)
-    }
 
 
 @dataclass(frozen=True)
@@ -274,7 +254,3 @@ def run_seconds(record: dg.RunRecord) -> float | None:
     if record.start_time is None or record.end_time is None:
         return None
     return record.end_time - record.start_time
-
-
-def utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")

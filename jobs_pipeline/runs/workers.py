@@ -32,7 +32,8 @@ import dagster as dg
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
-from jobs_pipeline.dagster_private import CODE_SERVER_TAG, worker_health
+from jobs_pipeline.dagster_private import worker_health
+from jobs_pipeline.tags import CODE_SERVER_TAG
 
 # The advisory-lock namespace of run workers' signs of life (the writer locks use 0x4A505000).
 LIVENESS_NAMESPACE = 0x4A50_5001

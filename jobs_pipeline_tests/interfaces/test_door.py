@@ -27,12 +27,11 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
 from websockets.typing import Subprotocol
 
-from jobs_pipeline.job_parts.scheduling import BACKFILL_TAG, TRIGGERED_BY_TAG
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import ui_actions
+from jobs_pipeline.tags import BACKFILL_TAG, DRY_RUN_TAG, TRIGGERED_BY_TAG
 from jobs_pipeline_tests.support.app_data import add_user
 from jobs_pipeline_tests.support.browser import (
     VIEWPORT,

@@ -40,7 +40,7 @@ from jobs_pipeline.interfaces.door.graphql_reading import (
 from jobs_pipeline.interfaces.door.session import Access
 from jobs_pipeline.interfaces.door.socket_relay import relayed_message
 from jobs_pipeline.interfaces.door.ui_writes import RUN_STARTING
-from jobs_pipeline.job_parts.scheduling import TRIGGERED_BY_TAG
+from jobs_pipeline.tags import TRIGGERED_BY_TAG
 
 JSON = "application/json"
 ADMIN = "ui:admin@example.com"

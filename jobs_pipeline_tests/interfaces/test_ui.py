@@ -24,13 +24,14 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG, writer_pool
+from jobs_pipeline.job_parts.writers import writer_pool
 from jobs_pipeline.jobs.discipline_stats_rollup import ASSET_KEY, SHARD_COUNT, WRITES
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.global_override_check import JOB_NAME as OVERRIDE_JOB
 from jobs_pipeline.jobs.promo_cleanup import JOB_NAME as PROMO_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as TIER_JOB
 from jobs_pipeline.operator_tools.undo import JOB_NAME as UNDO_JOB
+from jobs_pipeline.tags import DRY_RUN_TAG
 from jobs_pipeline_tests.support.browser import (
     VIEWPORT,
     chromium,

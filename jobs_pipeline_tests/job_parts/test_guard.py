@@ -3,11 +3,11 @@
 import subprocess
 from datetime import timedelta
 
-from jobs_pipeline.job_parts.guard import GUARD_REFUSED_TAG
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.storage.app_tables import promo_redemptions, users
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
+from jobs_pipeline.tags import GUARD_REFUSED_TAG
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
     add_promo_code,

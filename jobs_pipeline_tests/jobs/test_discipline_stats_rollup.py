@@ -8,7 +8,6 @@ from sqlalchemy import Engine, func, insert, literal_column, select, text, updat
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import op_config_for
-from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     ALL_SHARDS_TAGS,
     ASSET_KEY,
@@ -23,6 +22,7 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
 )
 from jobs_pipeline.resources.database import AppDatabase, writer_lock_key
 from jobs_pipeline.storage.app_tables import aims, shots, targets, user_discipline_stats, users
+from jobs_pipeline.tags import DRY_RUN_TAG
 from jobs_pipeline_tests.support.app_data import add_user, db_now
 from jobs_pipeline_tests.support.journal_data import (
     as_records,

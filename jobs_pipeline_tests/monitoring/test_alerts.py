@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import text
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.job_parts.scheduling import ALERT_AFTER_TAG
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
@@ -25,6 +24,7 @@ from jobs_pipeline.monitoring.monitoring import (
 from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
+from jobs_pipeline.tags import ALERT_AFTER_TAG
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
     db_now,

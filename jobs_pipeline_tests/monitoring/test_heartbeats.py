@@ -13,9 +13,10 @@ import pytest
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
-from jobs_pipeline.monitoring.monitoring import PINGED_TAG, SCHEDULE_TAG, heartbeat_sensor
+from jobs_pipeline.monitoring.monitoring import heartbeat_sensor
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.heartbeats import Heartbeats
+from jobs_pipeline.tags import HEARTBEAT_PINGED_TAG, SCHEDULE_TAG
 from jobs_pipeline_tests.support.app_data import set_override
 from jobs_pipeline_tests.support.receivers import PingReceiver
 from jobs_pipeline_tests.support.running import temporary_instance
@@ -71,7 +72,7 @@ def test_each_successful_scheduled_run_pings_once_and_no_other_run_does(
 
     assert ping_receiver.paths == ["/ping/key/global-override-check"]
     pinged = heartbeat_instance.get_run_by_id(scheduled.run_id)
-    assert pinged is not None and PINGED_TAG in pinged.tags
+    assert pinged is not None and HEARTBEAT_PINGED_TAG in pinged.tags
 
 
 def test_a_ping_the_service_refused_is_sent_at_the_next_evaluation(
@@ -92,4 +93,4 @@ def test_without_heartbeat_url_nothing_is_pinged(db, heartbeat_instance):
 
     evaluate(heartbeat_instance, Heartbeats())
 
-    assert PINGED_TAG not in heartbeat_instance.get_run_by_id(scheduled.run_id).tags
+    assert HEARTBEAT_PINGED_TAG not in heartbeat_instance.get_run_by_id(scheduled.run_id).tags

@@ -18,13 +18,14 @@ from jobs_pipeline.jobs.global_override_check import global_override_check_sched
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_schedule
-from jobs_pipeline.operator_tools.forecast import tonight_forecast_job, verdict_tag
+from jobs_pipeline.operator_tools.forecast import tonight_forecast_job
 from jobs_pipeline.resources.alerting import AlertChannels
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline.storage.engine import create_app_engine
+from jobs_pipeline.tags import forecast_abnormal_tag
 from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import db_now, set_override
 from jobs_pipeline_tests.support.receivers import SmtpServer, WebhookServer
@@ -168,7 +169,7 @@ def test_an_abnormal_night_alerts_once_with_the_numbers_and_the_command(
     assert 3 * 300 < bound < 3 * 320
     # One tag per job, so abnormal forecasts are counted per job (the metrics).
     tags = history.get_run_by_id(first.run_id).tags
-    assert {job: tags[verdict_tag(job)] for job in FORECAST_JOBS} == {
+    assert {job: tags[forecast_abnormal_tag(job)] for job in FORECAST_JOBS} == {
         "tier_expiration": "true",
         "global_override_check": "false",
         "promo_cleanup": "false",
@@ -254,7 +255,10 @@ def test_a_channel_that_was_down_gets_the_forecast_alert_from_the_next_run(
         assert len(smtp_server.mailbox.received) == 1 and webhook_server.posts == []
         # The failed run still says what it saw: tagged before the alerts were sent.
         failed = instance.get_run_by_id(first.run_id)
-        assert failed is not None and failed.tags[verdict_tag("global_override_check")] == "true"
+        assert (
+            failed is not None
+            and failed.tags[forecast_abnormal_tag("global_override_check")] == "true"
+        )
 
         webhook_server.down = False
         second = forecast_run(db, instance, channels)

@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.job_parts.scheduling import ALERT_WAITING_AFTER_TAG
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline.resources.database import WRITER_LOCK_NAMESPACE
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_postgres
+from jobs_pipeline.tags import ALERT_WAITING_AFTER_TAG
 from jobs_pipeline_tests.support.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.support.deployed_runs import (
     ENDED,

@@ -1,8 +1,6 @@
 """What every command shares: exit statuses, usage errors, tables on stdout."""
 
 from collections.abc import Sequence
-from datetime import UTC
-from typing import Any
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -11,10 +9,6 @@ EXIT_INTERRUPTED = 130  # what a shell reports for a command stopped by Ctrl-C: 
 
 class UsageError(Exception):
     """Bad input from the command line; printed without a traceback, exit status 2."""
-
-
-def utc_minute(moment: Any) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
 
 
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:

@@ -1,20 +1,22 @@
 """`undo` and `why`: what a run changed, taken back or explained."""
 
 import os
-from datetime import UTC
 from typing import Any
 
+from jobs_pipeline.formats import utc_second
 from jobs_pipeline.interfaces.cli.common import UsageError
 from jobs_pipeline.interfaces.cli.runs import start_and_report
-from jobs_pipeline.interfaces.cli.tokens import project_engine
+from jobs_pipeline.interfaces.cli.tokens import project_database
 
 
 def command_undo(run_id: str, *, dry_run: bool) -> int:
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.interfaces.launch import DRY_RUN_TAG, LaunchPlan
+    from jobs_pipeline.interfaces.launch import LaunchPlan
     from jobs_pipeline.operator_tools.undo import JOB_NAME, OP_NAME
+    from jobs_pipeline.tags import DRY_RUN_TAG
 
-    project_engine().dispose()  # the schema is there and current
+    with project_database():
+        pass  # the schema is there and current
     plan = LaunchPlan(
         run_config={"ops": {OP_NAME: {"config": {"run_id": run_id.strip(), "dry_run": dry_run}}}},
         tags={DRY_RUN_TAG: "true"} if dry_run else {},
@@ -28,19 +30,15 @@ def command_why(id_or_email: str) -> int:
     from jobs_pipeline.storage.ledger import changes_to_user
     from jobs_pipeline.storage.users import find_user
 
-    engine = project_engine()
-    try:
-        with engine.connect() as connection:
-            try:
-                user_id = str(find_user(connection, id_or_email))
-            except LookupError:
-                try:  # a user the app has since deleted is still in the ledger by id
-                    user_id = str(uuid.UUID(id_or_email.strip()))
-                except ValueError:
-                    raise UsageError(f"no user with id or email {id_or_email.strip()!r}") from None
-            entries = changes_to_user(connection, user_id)
-    finally:
-        engine.dispose()
+    with project_database() as engine, engine.connect() as connection:
+        try:
+            user_id = str(find_user(connection, id_or_email))
+        except LookupError:
+            try:  # a user the app has since deleted is still in the ledger by id
+                user_id = str(uuid.UUID(id_or_email.strip()))
+            except ValueError:
+                raise UsageError(f"no user with id or email {id_or_email.strip()!r}") from None
+        entries = changes_to_user(connection, user_id)
     if not entries:
         print(f"no changes by the jobs are recorded for user {user_id}")
         return 0
@@ -49,20 +47,17 @@ def command_why(id_or_email: str) -> int:
 
 
 def command_why_run(run_id: str) -> int:
-    from jobs_pipeline.job_parts.scheduling import BACKFILL_TAG
     from jobs_pipeline.storage.ledger import changes_of_run
     from jobs_pipeline.storage.ui_actions import actions_on_run
+    from jobs_pipeline.tags import BACKFILL_TAG
 
     run_id = run_id.strip()
-    engine = project_engine()
-    try:
+    with project_database() as engine:
         run = run_in_instance(run_id)
         backfill_id = run.tags.get(BACKFILL_TAG) if run is not None else None
         with engine.connect() as connection:
             entries = changes_of_run(connection, run_id)
             actions = actions_on_run(connection, run_id, backfill_id)
-    finally:
-        engine.dispose()
     for line in who_started(run, actions):
         print(line)
     if not entries:
@@ -95,18 +90,13 @@ def who_started(run: Any, actions: list[Any]) -> list[str]:
             f"run {run.run_id} ({run.job_name}, {run.status.value}): {origin_of(run.tags)}"
         )
     for action in actions:
-        when = action.acted_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = utc_second(action.acted_at)
         lines.append(f"{when}  in the UI, {action.email}: {action.summary} ({action.outcome})")
     return lines
 
 
 def origin_of(tags: dict[str, str]) -> str:
-    from jobs_pipeline.job_parts.scheduling import (
-        BACKFILL_TAG,
-        SCHEDULE_TAG,
-        SENSOR_TAG,
-        TRIGGERED_BY_TAG,
-    )
+    from jobs_pipeline.tags import BACKFILL_TAG, SCHEDULE_TAG, SENSOR_TAG, TRIGGERED_BY_TAG
 
     if TRIGGERED_BY_TAG in tags:
         origin = f"started by {tags[TRIGGERED_BY_TAG]}"
@@ -125,7 +115,7 @@ def print_changes(entries: list[Any]) -> None:
     from jobs_pipeline.storage.ledger import describe_change
 
     for entry in entries:
-        when = entry.changed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = utc_second(entry.changed_at)
         print(
             f"{when}  {entry.job} run {entry.run_id}  {entry.table_name} {entry.row_key}\n"
             f"    {describe_change(entry.before, entry.after)}\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from datetime import UTC
 from typing import TYPE_CHECKING
 
+from jobs_pipeline.formats import utc_minute
 from jobs_pipeline.interfaces.cli.common import EXIT_FAILED, UsageError, print_table
 from jobs_pipeline.storage.embedded import fill_environment
 
@@ -197,16 +197,17 @@ def run_link(instance: dg.DagsterInstance, run_id: str) -> str:
 def command_list() -> int:
     import dagster as dg
 
+    from jobs_pipeline.definitions import defs
     from jobs_pipeline.formats import display_name
-    from jobs_pipeline.interfaces.launch import job_catalog, schedules_by_job
-    from jobs_pipeline.job_parts.scheduling import priority_of
+    from jobs_pipeline.interfaces.launch import job_catalog
+    from jobs_pipeline.job_parts.scheduling import priority_of, schedules_by_job
 
     prepare_app_database(schema=False)
     has_history = bool(os.environ.get("DAGSTER_HOME"))
     if has_history:
         fill_environment(dagster_storage=True)
     instance = dg.DagsterInstance.get() if has_history else None
-    schedules = schedules_by_job()
+    schedules = schedules_by_job(defs)
     rows = [("JOB", "DAGSTER JOB", "SCHEDULE (UTC)", "PRIORITY", "LAST RUN")]
     for job_name, job in job_catalog().items():
         schedule = schedules.get(job_name)
@@ -226,10 +227,9 @@ def command_list() -> int:
 
 def last_run(instance: dg.DagsterInstance | None, job_name: str) -> str:
     """`SUCCESS at 2026-01-03 00:15 UTC (1a2b3c4d)`, with `dry run` before a dry run's."""
-    from datetime import datetime
 
     from jobs_pipeline.interfaces.launch import latest_run
-    from jobs_pipeline.job_parts.writers import DRY_RUN_TAG
+    from jobs_pipeline.tags import DRY_RUN_TAG
 
     if instance is None:
         return "-"
@@ -238,6 +238,6 @@ def last_run(instance: dg.DagsterInstance | None, job_name: str) -> str:
         return "never"
     run = record.dagster_run
     when = record.start_time or record.create_timestamp.timestamp()
-    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = utc_minute(when)
     kind = "dry run " if run.tags.get(DRY_RUN_TAG) == "true" else ""
     return f"{kind}{run.status.value} at {stamp} ({run.run_id[:8]})"

@@ -4,46 +4,53 @@ in front of the UI), and what was done through the door.
 
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from jobs_pipeline.interfaces.cli.common import UsageError, print_table, utc_minute
+from jobs_pipeline.formats import utc_minute
+from jobs_pipeline.interfaces.cli.common import UsageError, print_table
 from jobs_pipeline.interfaces.cli.runs import prepare_app_database
 from jobs_pipeline.storage.embedded import (
     fill_environment,
 )
 
+if TYPE_CHECKING:  # imported where used: a command that needs no database loads none of this
+    from sqlalchemy import Engine
 
-def project_engine() -> Any:
-    """The app database, its project schema current (upgraded when it is the embedded one)."""
+
+@contextmanager
+def project_database() -> Iterator["Engine"]:
+    """The app database, its project schema current (upgraded when it is the embedded
+    one); its connections closed on the way out.
+    """
     from jobs_pipeline.storage.engine import create_app_engine
     from jobs_pipeline.storage.schema_migrations import require_current_schema
 
     prepare_app_database(schema=True)
-    url = os.environ["DATABASE_URL"]
     try:
-        engine = create_app_engine(url)
+        engine = create_app_engine(os.environ["DATABASE_URL"])
     except ValueError as error:
         raise UsageError(str(error)) from None
-    with engine.connect() as connection:
-        try:
-            require_current_schema(connection)
-        except Exception as outdated:
-            engine.dispose()
-            raise UsageError(str(outdated)) from None
-    return engine
+    try:
+        with engine.connect() as connection:
+            try:
+                require_current_schema(connection)
+            except Exception as outdated:
+                raise UsageError(str(outdated)) from None
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def command_token_create(email: str) -> int:
     from jobs_pipeline.storage.api_tokens import UnknownUser, issue_token
 
-    engine = project_engine()
-    try:
-        with engine.begin() as connection:
+    with project_database() as engine, engine.begin() as connection:
+        try:
             token_id, token = issue_token(connection, email)
-    except UnknownUser as missing:
-        raise UsageError(str(missing)) from None
-    finally:
-        engine.dispose()
+        except UnknownUser as missing:
+            raise UsageError(str(missing)) from None
     print(
         f"token {token_id} for {email.strip()} (`token list` shows it, `token revoke --id"
         f" {token_id}` revokes it); the token is shown only now:",
@@ -56,12 +63,8 @@ def command_token_create(email: str) -> int:
 def command_token_list() -> int:
     from jobs_pipeline.storage.api_tokens import list_tokens
 
-    engine = project_engine()
-    try:
-        with engine.connect() as connection:
-            tokens = list_tokens(connection)
-    finally:
-        engine.dispose()
+    with project_database() as engine, engine.connect() as connection:
+        tokens = list_tokens(connection)
     rows = [("ID", "EMAIL", "CREATED", "LAST USED", "REVOKED")]
     rows += [
         (
@@ -80,12 +83,8 @@ def command_token_list() -> int:
 def command_token_revoke(token_id: int) -> int:
     from jobs_pipeline.storage.api_tokens import revoke_token
 
-    engine = project_engine()
-    try:
-        with engine.begin() as connection:
-            revoked = revoke_token(connection, token_id)
-    finally:
-        engine.dispose()
+    with project_database() as engine, engine.begin() as connection:
+        revoked = revoke_token(connection, token_id)
     if not revoked:
         raise UsageError(f"no live token with id {token_id}")
     print(f"token {token_id} revoked")
@@ -109,15 +108,13 @@ def command_admin_api(
 
     door = door_settings(ui, ui_read_only, ui_sso_email_header)
     log_to_stderr()
-    engine = project_engine()
-    if not os.environ.get("DAGSTER_HOME"):
-        engine.dispose()
-        raise UsageError(
-            "the admin API starts runs on a Dagster instance's queue: set DAGSTER_HOME"
-            " (docs/deploying.md), or start `jobs-pipeline dev` first and use its instance"
-        )
-    fill_environment(dagster_storage=True)
-    try:
+    with project_database() as engine:
+        if not os.environ.get("DAGSTER_HOME"):
+            raise UsageError(
+                "the admin API starts runs on a Dagster instance's queue: set DAGSTER_HOME"
+                " (docs/deploying.md), or start `jobs-pipeline dev` first and use its instance"
+            )
+        fill_environment(dagster_storage=True)
         with open_instance() as instance:
             app = create_app(
                 engine,
@@ -127,9 +124,9 @@ def command_admin_api(
                 door=door,
             )
             # After SIGTERM, requests waiting for their runs are answered 202 (the runs go
-            # on); any other request in flight gets a few seconds.
-            # The door reads who is asking from nginx's own headers, never from a client's
-            # X-Forwarded-* (door/arrival.py); websocket messages are capped like GraphQL.
+            # on); any other request in flight gets a few seconds. The door reads who is
+            # asking from nginx's own headers, never from a client's X-Forwarded-*
+            # (door/arrival.py); websocket messages are capped like GraphQL requests.
             config = uvicorn.Config(
                 app,
                 host=host,
@@ -141,8 +138,6 @@ def command_admin_api(
             )
             server = uvicorn.Server(config)
             server.run()
-    finally:
-        engine.dispose()
     return 0
 
 
@@ -170,12 +165,8 @@ def command_ui_actions(limit: int) -> int:
 
     if limit < 1:
         raise UsageError("--limit takes a positive number")
-    engine = project_engine()
-    try:
-        with engine.connect() as connection:
-            actions = recent_actions(connection, limit)
-    finally:
-        engine.dispose()
+    with project_database() as engine, engine.connect() as connection:
+        actions = recent_actions(connection, limit)
     rows = [("ID", "WHEN (UTC)", "WHO", "WHAT", "RUNS", "OUTCOME")]
     rows += [
         (

@@ -33,7 +33,7 @@ from jobs_pipeline.interfaces.door.session import Access, Holder
 from jobs_pipeline.interfaces.door.signing_in import limited_body
 from jobs_pipeline.interfaces.door.state import Door, NotAllowed, door_of
 from jobs_pipeline.interfaces.door.ui_writes import UiWrite, WriteOutcome, outcome_of, ui_write
-from jobs_pipeline.resources.alerting import redact
+from jobs_pipeline.redaction import redact
 
 log = logging.getLogger("jobs_pipeline.door")
 

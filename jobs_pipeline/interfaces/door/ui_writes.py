@@ -24,8 +24,8 @@ from graphql import (
 )
 
 from jobs_pipeline.interfaces.door.graphql_reading import Operation, Refused
-from jobs_pipeline.job_parts.scheduling import TRIGGERED_BY_TAG
-from jobs_pipeline.resources.alerting import redact
+from jobs_pipeline.redaction import redact
+from jobs_pipeline.tags import TRIGGERED_BY_TAG
 
 # The mutation fields that start runs: each argument that carries the runs' tags, and
 # where in it they go (`executionMetadata.tags`, or a list of tags of its own). These
