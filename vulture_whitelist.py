@@ -43,3 +43,15 @@ _.check_run_worker_health
 
 # prometheus_client's registry calls a collector's `collect` at each scrape.
 _.collect
+
+# The jobs' results: fields pydantic writes into each result's JSON (`JobResult.as_json`).
+_.would_update
+_.would_change
+_.would_send
+_.would_deactivate
+_.would_delete
+_.would_process
+_.would_queue3d
+_.would_queue1d
+_.undone_run
+_.left_alone

@@ -16,6 +16,15 @@ from pathlib import Path
 from jobs_pipeline.interfaces.cli.common import UsageError
 from jobs_pipeline.interfaces.cli.parser import build_parser
 from jobs_pipeline.interfaces.cli.runs import resolve_job_name
+from jobs_pipeline.job_parts.learned_normal import result_key
+from jobs_pipeline.job_parts.results import JobResult
+from jobs_pipeline.jobs.discipline_stats_rollup import RollupDryRun, RollupResult
+from jobs_pipeline.jobs.email_delivery import EmailDeliveryDryRun, EmailDeliveryResult
+from jobs_pipeline.jobs.global_override_check import OverrideCheckResult
+from jobs_pipeline.jobs.promo_cleanup import PromoCleanupDryRun, PromoCleanupResult
+from jobs_pipeline.jobs.tier_expiration import TierExpirationDryRun, TierExpirationResult
+from jobs_pipeline.jobs.trial_reminder import TrialReminderDryRun, TrialReminderResult
+from jobs_pipeline.operator_tools.undo import UndoResult
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 README = REPOSITORY / "README.md"
@@ -411,3 +420,38 @@ def test_every_make_command_shown_names_a_target_the_makefile_has():
                         failures.append(f"{page.name}:{number}: make {target}: no such target")
     assert not failures, "\n".join(failures)
     assert {"dev", "test"} <= shown, f"README's two commands not found; shown: {shown}"
+
+
+# The result tables: each job's row names every key of its result, and of its dry run's.
+RESULT_MODELS: dict[str, tuple[type[JobResult], type[JobResult]]] = {
+    "tier-expiration": (TierExpirationResult, TierExpirationDryRun),
+    "global-override-check": (OverrideCheckResult, OverrideCheckResult),
+    "promo-cleanup": (PromoCleanupResult, PromoCleanupDryRun),
+    "discipline-stats-rollup": (RollupResult, RollupDryRun),
+    "trial-reminder": (TrialReminderResult, TrialReminderDryRun),
+    "email-delivery": (EmailDeliveryResult, EmailDeliveryDryRun),
+    "undo (`undo_run`)": (UndoResult, UndoResult),
+}
+
+
+def result_table() -> dict[str, tuple[str, str]]:
+    """docs/operations.md's table under "Results": job -> (result cell, dry run cell)."""
+    text = (DOCS / "operations.md").read_text()
+    section = text.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # no header
+    cells = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+    return {job: (result, dry) for job, result, dry in cells}
+
+
+def test_the_result_tables_name_every_key_of_each_jobs_result():
+    table = result_table()
+    assert set(table) == set(RESULT_MODELS)
+    for job, models in RESULT_MODELS.items():
+        for model, cell, dry_only in zip(models, table[job], ({"asOf"}, set()), strict=True):
+            if cell.startswith("the same"):
+                cell = table[job][0]
+            named = set(re.findall(r"`([A-Za-z0-9]+)`", cell))
+            keys = {result_key(model, name) for name in model.model_fields}
+            # `"dryRun": true` is the dry run's column; a model both share has its `asOf` too.
+            missing = keys - named - {"dryRun"} - (dry_only if models[0] is models[1] else set())
+            assert not missing, f"{job}: docs/operations.md's result table lacks {missing}"

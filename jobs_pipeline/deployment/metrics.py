@@ -33,9 +33,11 @@ import dagster as dg
 from prometheus_client import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from pydantic import ValidationError
 from sqlalchemy import Engine, func, select
 
 from jobs_pipeline.formats import first_line
+from jobs_pipeline.job_parts.results import JobResult
 from jobs_pipeline.job_parts.scheduling import (
     is_maintenance_job,
     schedules_by_job,
@@ -76,33 +78,14 @@ APP_DATABASE = "app_database"
 APP_STATEMENT_TIMEOUT_MS = 5_000
 JOB = "job_name"
 
-# The counts of each job's result, as `item` labels in snake_case (docs/operations.md, "Results").
-RESULT_ITEMS: Mapping[str, Mapping[str, str]] = {
-    tier_expiration.JOB_NAME: {
-        "processed": "users_downgraded",
-        "failed": "users_failed",
-        "skipped": "users_skipped",
-    },
-    promo_cleanup.JOB_NAME: {
-        "codesDeactivated": "codes_deactivated",
-        "redemptionsDeleted": "redemptions_deleted",
-    },
-    discipline_stats_rollup.JOB_NAME: {
-        "usersUpdated": "rows_written",
-        "usersComputed": "users_computed",
-        "shotsCounted": "shots_counted",
-    },
-    trial_reminder.JOB_NAME: {
-        "queued3d": "emails_queued_3d",
-        "queued1d": "emails_queued_1d",
-        "sent": "emails_sent",
-    },
-    email_delivery.JOB_NAME: {
-        "sent": "emails_sent",
-        "failed": "emails_failed",
-        "retrying": "emails_retrying",
-        "unconfirmed": "emails_unconfirmed",
-    },
+# Each job's result, whose counts are exported (`metric_items`) as `item` labels.
+RESULT_TYPES: Mapping[str, type[JobResult]] = {
+    tier_expiration.JOB_NAME: tier_expiration.TierExpirationResult,
+    global_override_check.JOB_NAME: global_override_check.OverrideCheckResult,
+    promo_cleanup.JOB_NAME: promo_cleanup.PromoCleanupResult,
+    discipline_stats_rollup.JOB_NAME: discipline_stats_rollup.RollupResult,
+    trial_reminder.JOB_NAME: trial_reminder.TrialReminderResult,
+    email_delivery.JOB_NAME: email_delivery.EmailDeliveryResult,
 }
 RUN_STATUSES = tuple(status.value for status in dg.DagsterRunStatus)
 
@@ -260,16 +243,17 @@ def result_items_family(readings: Mapping[str, JobReading]) -> Metric:
 
 
 def result_items(job: str, result: Mapping[str, Any]) -> dict[str, float]:
-    """A result's counts by their metric names; global-override-check's `action` as 0 or 1."""
-    if not result:
+    """A real run's result's counts by their metric names, read through the job's result
+    model; none for a result of another shape (an older version's).
+    """
+    result_type = RESULT_TYPES.get(job)
+    if not result or result_type is None:
         return {}
-    if job == global_override_check.JOB_NAME:
-        return {"override_cleared": 1.0 if result.get("action") == "cleared" else 0.0}
-    return {
-        item: float(result[key])
-        for key, item in RESULT_ITEMS.get(job, {}).items()
-        if isinstance(result.get(key), int | float) and not isinstance(result.get(key), bool)
-    }
+    try:
+        return result_type.model_validate(result).metric_items()
+    except ValidationError:
+        log.warning("metrics: the last result of %s has another shape; its counts left out", job)
+        return {}
 
 
 def refusals_family(readings: Mapping[str, JobReading]) -> Metric:

@@ -6,7 +6,7 @@ tier-expiration downgrade every paying user at midnight. Above a cap the run fai
 `allow_large` (`jobs-pipeline run JOB --allow-large`).
 
 Two guards, both before writing: the fixed caps (a number of rows and a share),
-the outer bound whatever the history; and the learned bound (see `normal.py`), which
+the outer bound whatever the history; and the learned bound (`learned_normal.py`), which
 knows that a job making 300 changes a night should not make 3,000. A dry run never
 fails on either: it logs what a real run would meet, so an operator (or the evening
 forecast) can look before the run, at a chosen time (`as_of`).
@@ -19,13 +19,15 @@ import dagster as dg
 from pydantic import Field
 
 from jobs_pipeline.job_parts.learned_normal import (
+    DEFAULT_FLOOR,
     DEFAULT_K,
     DEFAULT_MIN_RUNS,
     DEFAULT_WINDOW,
     Normal,
     learned_normal,
+    result_key,
 )
-from jobs_pipeline.job_parts.results import DryRunConfig, JobReport
+from jobs_pipeline.job_parts.results import DryRunConfig, JobReport, JobResult
 
 # A run the guard stopped carries this tag, so the refusals of a job can be counted from the
 # run storage in one query (the Prometheus metric `jobs_pipeline_guard_refusals_total`).
@@ -184,17 +186,29 @@ def refusal(caps: Caps, about_to_change: int, out_of: int, share: float, *, over
 class Learned:
     """The learned bound's settings for one count a job makes."""
 
-    metric: str  # the key of a real run's result, e.g. "processed"
-    k: float
-    floor: int
-    floor_setting: str  # the config field that moves the floor
-    window: int
-    min_runs: int
+    result_type: type[JobResult]  # the job's real runs' result
+    metric: str  # the field of that result counted, e.g. "processed"
+    k: float = DEFAULT_K
+    floor: int = DEFAULT_FLOOR
+    floor_setting: str = "the default floor"  # the config field that moves the floor
+    window: int = DEFAULT_WINDOW
+    min_runs: int = DEFAULT_MIN_RUNS
+
+    def __post_init__(self) -> None:
+        """A count that is not a field of the result fails where the job is defined."""
+        if self.metric not in self.result_type.model_fields:
+            raise ValueError(f"{self.result_type.__name__} has no count {self.metric!r}")
+
+    @property
+    def key(self) -> str:
+        """The count as the result's JSON names it: `codesDeactivated`."""
+        return result_key(self.result_type, self.metric)
 
     def normal(self, instance: dg.DagsterInstance, job_name: str) -> Normal:
         return learned_normal(
             instance,
             job_name,
+            self.result_type,
             self.metric,
             k=self.k,
             floor=self.floor,

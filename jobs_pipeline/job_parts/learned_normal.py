@@ -18,8 +18,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
+from pydantic import ValidationError
 
-from jobs_pipeline.job_parts.results import result_of
+from jobs_pipeline.job_parts.results import JobResult, result_of
 from jobs_pipeline.tags import DRY_RUN_TAG, SCHEDULE_TAG
 
 DEFAULT_K = 3.0
@@ -35,7 +36,7 @@ MAX_RUNS_SCANNED = 1_000
 @dataclass(frozen=True)
 class Normal:
     job: str  # Dagster job name
-    metric: str  # the result key counted, e.g. "processed"
+    metric: str  # the result's key counted, as its JSON names it, e.g. "codesDeactivated"
     counts: tuple[int, ...]  # that key in each of the last successful scheduled runs, newest first
     median: float | None
     p95: float | None
@@ -69,6 +70,7 @@ def learned_bound(
 def learned_normal(
     instance: dg.DagsterInstance,
     job_name: str,
+    result_type: type[JobResult],
     metric: str,
     *,
     k: float = DEFAULT_K,
@@ -77,13 +79,23 @@ def learned_normal(
     min_runs: int = DEFAULT_MIN_RUNS,
 ) -> Normal:
     """`metric` over the job's last `window` successful scheduled runs, and its bound."""
-    counts = tuple(scheduled_counts(instance, job_name, metric, window))
+    counts = tuple(scheduled_counts(instance, job_name, result_type, metric, window))
     median, p95, bound = learned_bound(counts, k=k, floor=floor, min_runs=min_runs)
-    return Normal(job_name, metric, counts, median, p95, bound)
+    return Normal(job_name, result_key(result_type, metric), counts, median, p95, bound)
+
+
+def result_key(result_type: type[JobResult], field: str) -> str:
+    """How a result's JSON names one of its fields: `codes_deactivated` is `codesDeactivated`."""
+    info = result_type.model_fields[field]
+    return info.serialization_alias or info.alias or field
 
 
 def scheduled_counts(
-    instance: dg.DagsterInstance, job_name: str, metric: str, window: int
+    instance: dg.DagsterInstance,
+    job_name: str,
+    result_type: type[JobResult],
+    metric: str,
+    window: int,
 ) -> Iterator[int]:
     """`metric` of each successful, scheduled, real run of the job, newest first, up to
     `window` of them; a run whose result lacks the metric (an older version) is passed over.
@@ -92,7 +104,7 @@ def scheduled_counts(
     for run in successful_runs(instance, job_name):
         if SCHEDULE_TAG not in run.tags or run.tags.get(DRY_RUN_TAG) == "true":
             continue
-        count = run_count(instance, run.run_id, metric)
+        count = run_count(instance, run.run_id, result_type, metric)
         if count is None:
             continue
         yield count
@@ -117,13 +129,22 @@ def successful_runs(instance: dg.DagsterInstance, job_name: str) -> Iterator[dg.
         cursor = page[-1].run_id
 
 
-def run_count(instance: dg.DagsterInstance, run_id: str, metric: str) -> int | None:
-    """`metric` in the result the run's step recorded with its output."""
+def run_count(
+    instance: dg.DagsterInstance, run_id: str, result_type: type[JobResult], metric: str
+) -> int | None:
+    """`metric` in the result the run's step recorded with its output, read through the
+    job's result model: a result of another shape (an older version's) counts as none.
+    """
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT).records
     result = result_of(
         record.event_log_entry.dagster_event
         for record in records
         if record.event_log_entry.dagster_event is not None
     )
-    value = (result or {}).get(metric)
+    if result is None:
+        return None
+    try:
+        value = getattr(result_type.model_validate(result), metric)
+    except ValidationError:
+        return None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

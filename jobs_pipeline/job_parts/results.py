@@ -1,8 +1,14 @@
-"""What every job shares with its operators: the seed's log format and results.
+"""What every job shares with its operators: its log lines and its result.
 
-Log lines keep the original design's format (`[tier-expiration] Found 5 users ...`),
-and each run ends with `[job-name] Result: {...}` in JSON. The same result is the
-op's output and its output metadata, so the Dagster UI shows every run's counts.
+Log lines read `[tier-expiration] Found 5 users ...`, and each run ends with
+`[job-name] Result: {...}` in JSON. The same result is the op's output and its output
+metadata, so the Dagster UI shows every run's counts.
+
+Each job's result is a typed model (`JobResult`, fields in snake_case, keys in
+camelCase in the JSON: `would_process` is `wouldProcess`): the job writes one, and the
+metrics, the learned guard and the forecast read past ones back through the same model,
+so a field renamed in one place and not the others fails `mypy` or the first test that
+loads the definitions, not a metric that silently reads zero.
 """
 
 from __future__ import annotations
@@ -10,14 +16,41 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 # Per-row log lines stop here: a run over a million rows must not flood the event log.
 LOG_LINE_CAP = 100
 
-JobResult = dict[str, Any]
+# A result as JSON: the op's output, the `Result:` line, the admin API's `result`.
+ResultJson = dict[str, Any]
+
+
+class JobResult(BaseModel):
+    """A run's result."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid"
+    )
+
+    def as_json(self) -> ResultJson:
+        """The JSON operators read; a field left None is left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def metric_items(self) -> dict[str, float]:
+        """The counts the Prometheus metrics export, by their `item` label
+        (`jobs_pipeline_job_last_success_items`); none for a job that exports none.
+        """
+        return {}
+
+
+class DryRunResult(JobResult):
+    """A dry run's result: `"dryRun": true` first, so it never passes for a real run's."""
+
+    dry_run: Literal[True] = True
 
 
 class DryRunConfig(dg.Config):
@@ -69,15 +102,15 @@ class JobReport:
 
     def log_result(self, result: JobResult) -> None:
         """The closing `[job-name] Result: {...}` line, in JSON."""
-        self.info(f"Result: {result_json(result)}")
+        self.info(f"Result: {result_json(result.as_json())}")
 
-    def result(self, result: JobResult) -> dg.Output[JobResult]:
+    def result(self, result: JobResult) -> dg.Output[ResultJson]:
         """Logs the closing `Result:` line and returns the result as output and metadata."""
         self.log_result(result)
-        return dg.Output(result, metadata=result_metadata(result))
+        return dg.Output(result.as_json(), metadata=result_metadata(result.as_json()))
 
 
-def result_metadata(result: JobResult) -> dict[str, Any]:
+def result_metadata(result: ResultJson) -> dict[str, Any]:
     """The result as Dagster metadata: whole under `result`, and each count on its own,
     so the UI can plot counts across runs.
     """
@@ -94,7 +127,7 @@ def result_metadata(result: JobResult) -> dict[str, Any]:
     return metadata
 
 
-def result_of(events: Iterable[dg.DagsterEvent]) -> dict[str, Any] | None:
+def result_of(events: Iterable[dg.DagsterEvent]) -> ResultJson | None:
     """From an op's output, an asset's materialization, or a dry run's observation."""
     for event in events:
         metadata: Any = {}

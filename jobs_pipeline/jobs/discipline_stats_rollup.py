@@ -61,6 +61,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.formats import display_name, first_line, iso_utc
 from jobs_pipeline.job_parts.results import (
+    DryRunResult,
     JobReport,
     JobResult,
     result_metadata,
@@ -521,9 +522,9 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
     scope = resolve_scope(context, config, db)
     now = db.now()
     if config.dry_run:
-        result = dry_run(db, report, config, scope, now)
+        would = dry_run(db, report, config, scope, now)
         context.log_event(
-            dg.AssetObservation(asset_key=ASSET_KEY, metadata=result_metadata(result))
+            dg.AssetObservation(asset_key=ASSET_KEY, metadata=result_metadata(would.as_json()))
         )
         yield from evaluate_checks(db, scope)
         return
@@ -532,9 +533,9 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
     per_shard = write_groups(db, config, groups, now, report)
     result = run_totals(per_shard, len(groups), time.monotonic() - started, now)
     report.info(
-        f"Computed stats for {result['usersComputed']} users ({scope.describe()},"
+        f"Computed stats for {result.users_computed} users ({scope.describe()},"
         f" {len(groups)} group{'s' if len(groups) > 1 else ''} at once);"
-        f" {result['usersUpdated']} rows new or changed were written"
+        f" {result.users_updated} rows new or changed were written"
     )
     report.log_result(result)
     for materialization in shard_materializations(per_shard, scope):
@@ -542,24 +543,49 @@ def roll_up(context: dg.AssetExecutionContext, config: RollupConfig, db: AppData
     context.log_event(
         dg.AssetObservation(
             asset_key=ASSET_KEY,
-            metadata={**result_metadata(result), "scope": dg.MetadataValue.text(scope.describe())},
+            metadata={
+                **result_metadata(result.as_json()),
+                "scope": dg.MetadataValue.text(scope.describe()),
+            },
         )
     )
     yield from evaluate_checks(db, scope)
 
 
+class RollupResult(JobResult):
+    users_updated: int  # rows written: new or changed
+    users_computed: int
+    shots_counted: int
+    parallel_groups: int
+    seconds: float
+    timestamp: str
+
+    def metric_items(self) -> dict[str, float]:
+        return {
+            "rows_written": self.users_updated,
+            "users_computed": self.users_computed,
+            "shots_counted": self.shots_counted,
+        }
+
+
+class RollupDryRun(DryRunResult):
+    would_update: int  # users in scope
+    would_change: int  # rows that differ
+    timestamp: str
+
+
 def run_totals(
     per_shard: Mapping[str, ShardCounts], groups: int, seconds: float, now: datetime
-) -> JobResult:
+) -> RollupResult:
     """The run's result: the operators' `Result:` line and what `launch.result_of` reads."""
-    return {
-        "usersUpdated": sum(counts.users_updated for counts in per_shard.values()),
-        "usersComputed": sum(counts.users_computed for counts in per_shard.values()),
-        "shotsCounted": sum(counts.shots_counted for counts in per_shard.values()),
-        "parallelGroups": groups,
-        "seconds": round(seconds, 3),
-        "timestamp": iso_utc(now),
-    }
+    return RollupResult(
+        users_updated=sum(counts.users_updated for counts in per_shard.values()),
+        users_computed=sum(counts.users_computed for counts in per_shard.values()),
+        shots_counted=sum(counts.shots_counted for counts in per_shard.values()),
+        parallel_groups=groups,
+        seconds=round(seconds, 3),
+        timestamp=iso_utc(now),
+    )
 
 
 def shard_materializations(
@@ -667,19 +693,14 @@ def raise_group_failure(
 
 def dry_run(
     db: AppDatabase, report: JobReport, config: RollupConfig, scope: Scope, now: datetime
-) -> JobResult:
+) -> RollupDryRun:
     with db.transaction() as connection:
         prepare_transaction(connection, config)
         in_scope, stale = count_stale_rows(connection, scope, now)
     report.info(
         f"Would update stats for {in_scope} users ({scope.describe()}); {stale} rows would change"
     )
-    result = {
-        "dryRun": True,
-        "wouldUpdate": in_scope,
-        "wouldChange": stale,
-        "timestamp": iso_utc(now),
-    }
+    result = RollupDryRun(would_update=in_scope, would_change=stale, timestamp=iso_utc(now))
     report.log_result(result)
     return result
 

@@ -19,8 +19,10 @@ from jobs_pipeline.emails.rendering import render
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.results import (
     DryRunConfig,
+    DryRunResult,
     JobReport,
     JobResult,
+    ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
 from jobs_pipeline.job_parts.writers import job_step, writer_pool
@@ -213,10 +215,31 @@ def report_eml_folder(mailer: Mailer, report: JobReport, written: int) -> None:
         report.info(f"Wrote {written} {emails} as .eml files to {folder} (no SMTP_HOST set)")
 
 
+class EmailDeliveryResult(JobResult):
+    sent: int
+    retrying: int
+    failed: int
+    unconfirmed: int
+    timestamp: str
+
+    def metric_items(self) -> dict[str, float]:
+        return {
+            "emails_sent": self.sent,
+            "emails_failed": self.failed,
+            "emails_retrying": self.retrying,
+            "emails_unconfirmed": self.unconfirmed,
+        }
+
+
+class EmailDeliveryDryRun(DryRunResult):
+    would_send: int
+    timestamp: str
+
+
 @dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
 def deliver_emails(
     context: dg.OpExecutionContext, config: DeliveryConfig, db: AppDatabase, mailer: Mailer
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Sends the outbox's due emails (SMTP, or .eml files without SMTP), one at a time;
     a failed send is retried later with backoff, and gives up after `max_attempts`.
     """
@@ -229,17 +252,17 @@ def deliver_emails(
                 require_current_schema(connection)
                 due = count_due(connection, now)
             report.info(f"Would send {due} due emails")
-            return report.result({"dryRun": True, "wouldSend": due, "timestamp": iso_utc(now)})
+            return report.result(EmailDeliveryDryRun(would_send=due, timestamp=iso_utc(now)))
         counts = deliver_pending(db, mailer, report, config)
     report.info(f"Sent {counts.sent} emails")
     return report.result(
-        {
-            "sent": counts.sent,
-            "retrying": counts.retrying,
-            "failed": counts.failed,
-            "unconfirmed": counts.unconfirmed,
-            "timestamp": iso_utc(db.now()),
-        }
+        EmailDeliveryResult(
+            sent=counts.sent,
+            retrying=counts.retrying,
+            failed=counts.failed,
+            unconfirmed=counts.unconfirmed,
+            timestamp=iso_utc(db.now()),
+        )
     )
 
 

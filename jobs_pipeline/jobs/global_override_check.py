@@ -9,14 +9,14 @@ the meantime is kept.
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from sqlalchemy import Connection, delete, func, literal, select
 
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.job_parts.results import JobReport, JobResult
+from jobs_pipeline.job_parts.results import JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
 from jobs_pipeline.job_parts.writers import job_step, writer_pool
 from jobs_pipeline.resources.database import AppDatabase
@@ -115,15 +115,32 @@ def delete_if_unchanged(
     return connection.execute(select(d.key).add_cte(recorded)).first() is not None
 
 
+class OverrideCheckResult(JobResult):
+    """`none`; `active` with `tier`, `expiresAt`; `cleared` (or a dry run's `wouldClear`)
+    with `previousTier`, `expiredAt`. A dry run's starts `"dryRun": true, "asOf": ...`.
+    """
+
+    dry_run: Literal[True] | None = None
+    as_of: str | None = None
+    action: Literal["none", "active", "cleared", "wouldClear"]
+    tier: str | None = None
+    expires_at: str | None = None
+    previous_tier: str | None = None
+    expired_at: str | None = None
+
+    def metric_items(self) -> dict[str, float]:
+        return {"override_cleared": 1.0 if self.action == "cleared" else 0.0}
+
+
 def check_once(
     db: AppDatabase, report: JobReport, now: datetime, run: RunIdentity, *, dry_run: bool
-) -> JobResult | None:
+) -> OverrideCheckResult | None:
     """One read-decide-act pass; None when the value changed under us and must be re-read."""
     with db.transaction() as connection:
         exists, value = read_override(connection)
     if not exists:
         report.info("No override configured")
-        return {"action": "none"}
+        return OverrideCheckResult(action="none")
     try:
         override = parse_override(value)
     except MalformedOverride as fault:
@@ -134,33 +151,30 @@ def check_once(
 
     if override.expires_at >= now:
         report.info(f"Override still active until {override.expires_at_text}")
-        return {"action": "active", "tier": override.tier, "expiresAt": override.expires_at_text}
+        return OverrideCheckResult(
+            action="active", tier=override.tier, expires_at=override.expires_at_text
+        )
 
     if dry_run:
         report.info(f"Would clear expired override (was: {override.tier})")
-        return {
-            "dryRun": True,
-            "action": "wouldClear",
-            "previousTier": override.tier,
-            "expiredAt": override.expires_at_text,
-        }
+        return OverrideCheckResult(
+            action="wouldClear", previous_tier=override.tier, expired_at=override.expires_at_text
+        )
     with db.transaction() as connection:
         reason = f"expires_at {override.expires_at_text} < run time {iso_utc(now)}"
         if not delete_if_unchanged(connection, value, run, reason):
             report.warning("The override changed after it was read; reading it again")
             return None
     report.info(f"Cleared expired override (was: {override.tier})")
-    return {
-        "action": "cleared",
-        "previousTier": override.tier,
-        "expiredAt": override.expires_at_text,
-    }
+    return OverrideCheckResult(
+        action="cleared", previous_tier=override.tier, expired_at=override.expires_at_text
+    )
 
 
 @dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def clear_expired_override(
     context: dg.OpExecutionContext, config: AsOfConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Deletes the global tier override once its `expires_at` has passed.
 
     No override: `{"action": "none"}`; still valid: `{"action": "active", ...}`;
@@ -178,7 +192,7 @@ def check_override(
     config: AsOfConfig,
     db: AppDatabase,
     as_of: datetime | None,
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """`as_of` (dry runs only) stands in for the database's clock in the rule."""
     report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
@@ -186,9 +200,10 @@ def check_override(
     for _attempt in range(MAX_READS):
         result = check_once(db, report, now, run, dry_run=config.dry_run)
         if result is not None:
-            # A dry run says so, and at what time, even where there was nothing to clear.
-            dry = {"dryRun": True, "asOf": iso_utc(now)}
-            return report.result({**dry, **result} if config.dry_run else result)
+            if config.dry_run:
+                # A dry run says so, and at what time, even where there was nothing to clear.
+                result = result.model_copy(update={"dry_run": True, "as_of": iso_utc(now)})
+            return report.result(result)
     raise dg.Failure(
         description=(
             f"global_config key '{OVERRIDE_KEY}' changed {MAX_READS} times while it was checked;"

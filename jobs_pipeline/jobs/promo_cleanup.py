@@ -38,8 +38,10 @@ from jobs_pipeline.job_parts.guard import (
 )
 from jobs_pipeline.job_parts.results import (
     LOG_LINE_CAP,
+    DryRunResult,
     JobReport,
     JobResult,
+    ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
 from jobs_pipeline.job_parts.writers import job_step, writer_pool
@@ -224,6 +226,25 @@ class Pending:
     total: int  # redemptions
 
 
+class PromoCleanupResult(JobResult):
+    codes_deactivated: int
+    redemptions_deleted: int
+    timestamp: str
+
+    def metric_items(self) -> dict[str, float]:
+        return {
+            "codes_deactivated": self.codes_deactivated,
+            "redemptions_deleted": self.redemptions_deleted,
+        }
+
+
+class PromoCleanupDryRun(DryRunResult):
+    as_of: str
+    would_deactivate: int
+    would_delete: int
+    timestamp: str
+
+
 def count_pending(db: AppDatabase, now: datetime, cutoff: datetime) -> Pending:
     with db.transaction() as connection:
         return Pending(
@@ -238,7 +259,7 @@ def changes(config: PromoCleanupConfig, pending: Pending) -> tuple[Change, Chang
     """The two things a run changes, each with its fixed caps and its learned bound."""
     codes = Change(
         caps_of(config, "deactivate active promo codes", "active codes", CODES_CAP, 100),
-        learned_of(config, "codesDeactivated", config.learned_codes_floor, "learned_codes_floor"),
+        learned_of(config, "codes_deactivated", config.learned_codes_floor, "learned_codes_floor"),
         about_to_change=pending.codes,
         out_of=pending.active,
     )
@@ -246,7 +267,7 @@ def changes(config: PromoCleanupConfig, pending: Pending) -> tuple[Change, Chang
         caps_of(config, "delete promo redemptions", "redemptions", REDEMPTIONS_CAP, 1_000),
         learned_of(
             config,
-            "redemptionsDeleted",
+            "redemptions_deleted",
             config.learned_redemptions_floor,
             "learned_redemptions_floor",
         ),
@@ -274,6 +295,7 @@ def caps_of(
 def learned_of(config: PromoCleanupConfig, metric: str, floor: int, floor_setting: str) -> Learned:
     """The learned bound on one count, from that key of past scheduled runs' results."""
     return Learned(
+        result_type=PromoCleanupResult,
         metric=metric,
         k=config.learned_k,
         floor=floor,
@@ -285,7 +307,7 @@ def learned_of(config: PromoCleanupConfig, metric: str, floor: int, floor_settin
 
 def dry_run(
     db: AppDatabase, report: JobReport, now: datetime, cutoff: datetime, pending: Pending
-) -> JobResult:
+) -> PromoCleanupDryRun:
     with db.transaction() as connection:
         sample = preview_codes(connection, now)
     report.info(f"Would deactivate {pending.codes} expired codes")
@@ -293,19 +315,18 @@ def dry_run(
         report.row(f"Would deactivate code {code} ({code_id})")
     report.end_rows("codes would be deactivated", total=pending.codes)
     report.info(f"Would delete {pending.old} redemption records older than {iso_utc(cutoff)}")
-    return {
-        "dryRun": True,
-        "asOf": iso_utc(now),
-        "wouldDeactivate": pending.codes,
-        "wouldDelete": pending.old,
-        "timestamp": iso_utc(now),
-    }
+    return PromoCleanupDryRun(
+        as_of=iso_utc(now),
+        would_deactivate=pending.codes,
+        would_delete=pending.old,
+        timestamp=iso_utc(now),
+    )
 
 
 @dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def clean_up_promo_codes(
     context: dg.OpExecutionContext, config: PromoCleanupConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Deactivates active promo codes whose `valid_until` has passed (NULL never
     expires), then deletes redemptions older than the retention (365 days by default).
     Before writing, a run over the fixed caps or over the bounds learned from past
@@ -322,7 +343,7 @@ def clean_up(
     config: PromoCleanupConfig,
     db: AppDatabase,
     as_of: datetime | None,
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """`as_of` (dry runs only) stands in for the database's clock in both rules."""
     report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
@@ -357,7 +378,9 @@ def clean_up(
             f"Removed {pruned} change-ledger rows older than {config.ledger_retention_days} days"
         )
     return report.result(
-        {"codesDeactivated": deactivated, "redemptionsDeleted": deleted, "timestamp": iso_utc(now)}
+        PromoCleanupResult(
+            codes_deactivated=deactivated, redemptions_deleted=deleted, timestamp=iso_utc(now)
+        )
     )
 
 

@@ -42,8 +42,10 @@ from jobs_pipeline.job_parts.guard import (
 )
 from jobs_pipeline.job_parts.results import (
     LOG_LINE_CAP,
+    DryRunResult,
     JobReport,
     JobResult,
+    ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
 from jobs_pipeline.job_parts.writers import job_step, writer_pool
@@ -296,7 +298,7 @@ class Downgrader:
 @dg.op(name=OP_NAME, pool=writer_pool(WRITES[0]))
 def downgrade_expired_tiers(
     context: dg.OpExecutionContext, config: TierExpirationConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Downgrades to Free every user whose paid tier expired before the run started.
 
     Rule: `tier <> 'free'` and `tier_expires_at < now` become `tier = 'free'`,
@@ -309,6 +311,26 @@ def downgrade_expired_tiers(
     as_of = requested_as_of(config)
     with job_step(context, db, writes=WRITES, dry_run=config.dry_run):
         return expire_tiers(context, config, db, as_of)
+
+
+class TierExpirationResult(JobResult):
+    processed: int  # downgraded
+    failed: int
+    skipped: int  # rows the app held locked: the next run takes them
+    timestamp: str
+
+    def metric_items(self) -> dict[str, float]:
+        return {
+            "users_downgraded": self.processed,
+            "users_failed": self.failed,
+            "users_skipped": self.skipped,
+        }
+
+
+class TierExpirationDryRun(DryRunResult):
+    as_of: str
+    would_process: int
+    timestamp: str
 
 
 class AllUpdatesFailed(Exception):
@@ -331,6 +353,7 @@ def caps_of(config: TierExpirationConfig) -> Caps:
 def learned_of(config: TierExpirationConfig) -> Learned:
     """The learned bound on downgrades, from the `processed` count of past scheduled runs."""
     return Learned(
+        result_type=TierExpirationResult,
         metric="processed",
         k=config.learned_k,
         floor=config.learned_floor,
@@ -345,7 +368,7 @@ def expire_tiers(
     config: TierExpirationConfig,
     db: AppDatabase,
     as_of: datetime | None,
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """`as_of` (dry runs only) stands in for the database's clock in the rule."""
     report = JobReport(context, display_name(JOB_NAME))
     now = as_of if as_of is not None else db.now()
@@ -365,7 +388,7 @@ def expire_tiers(
             report.row(f"Would downgrade user {user_id} from {tier} to free")
         report.end_rows("users would be downgraded", total=found)
         return report.result(
-            {"dryRun": True, "asOf": iso_utc(now), "wouldProcess": found, "timestamp": iso_utc(now)}
+            TierExpirationDryRun(as_of=iso_utc(now), would_process=found, timestamp=iso_utc(now))
         )
 
     run = RunIdentity(run_id=context.run_id, job=JOB_NAME)
@@ -379,12 +402,12 @@ def expire_tiers(
         report.warning(
             f"Skipped {skipped} users whose rows the app held locked; the next run takes them"
         )
-    result = {
-        "processed": downgrader.processed,
-        "failed": downgrader.failed,
-        "skipped": skipped,
-        "timestamp": iso_utc(now),
-    }
+    result = TierExpirationResult(
+        processed=downgrader.processed,
+        failed=downgrader.failed,
+        skipped=skipped,
+        timestamp=iso_utc(now),
+    )
     if downgrader.failed and not downgrader.processed:
         report.log_result(result)
         # The original design: "All updates fail: alert admin, retry job".

@@ -11,12 +11,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, not_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.guard import AsOfConfig, requested_as_of
-from jobs_pipeline.job_parts.results import JobReport, JobResult
+from jobs_pipeline.job_parts.results import DryRunResult, JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
 from jobs_pipeline.job_parts.writers import job_step, writer_pool
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
@@ -105,10 +106,32 @@ class TrialReminderConfig(DeliveryConfig, AsOfConfig):
     """The outbox delivery's settings, and `as_of` for a dry run at another time."""
 
 
+class TrialReminderResult(JobResult):
+    # A digit does not start a word: the key is `queued3d`, not `queued3D`.
+    queued3d: int = Field(validation_alias="queued3d", serialization_alias="queued3d")
+    queued1d: int = Field(validation_alias="queued1d", serialization_alias="queued1d")
+    sent: int
+    timestamp: str
+
+    def metric_items(self) -> dict[str, float]:
+        return {
+            "emails_queued_3d": self.queued3d,
+            "emails_queued_1d": self.queued1d,
+            "emails_sent": self.sent,
+        }
+
+
+class TrialReminderDryRun(DryRunResult):
+    as_of: str
+    would_queue3d: int = Field(validation_alias="wouldQueue3d", serialization_alias="wouldQueue3d")
+    would_queue1d: int = Field(validation_alias="wouldQueue1d", serialization_alias="wouldQueue1d")
+    timestamp: str
+
+
 @dg.op(name=OP_NAME, pool=writer_pool("email_outbox"))
 def send_trial_reminders(
     context: dg.OpExecutionContext, config: TrialReminderConfig, db: AppDatabase, mailer: Mailer
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Queues `trial-ending-3d` (1-3 days left) and `trial-ending-1d` (under a day left)
     once per user and trial end, skipping paying users, then delivers the outbox. A dry
     run may take `as_of`: the reminders that would be due then and are not queued yet.
@@ -128,22 +151,18 @@ def send_trial_reminders(
         report.info(f"{verb} {three_days} 3-day and {one_day} 1-day trial reminders")
         if config.dry_run:
             return report.result(
-                {
-                    "dryRun": True,
-                    "asOf": iso_utc(now),
-                    "wouldQueue3d": three_days,
-                    "wouldQueue1d": one_day,
-                    "timestamp": iso_utc(now),
-                }
+                TrialReminderDryRun(
+                    as_of=iso_utc(now),
+                    would_queue3d=three_days,
+                    would_queue1d=one_day,
+                    timestamp=iso_utc(now),
+                )
             )
         counts = deliver_pending(db, mailer, report, config)
     return report.result(
-        {
-            "queued3d": three_days,
-            "queued1d": one_day,
-            "sent": counts.sent,
-            "timestamp": iso_utc(now),
-        }
+        TrialReminderResult(
+            queued3d=three_days, queued1d=one_day, sent=counts.sent, timestamp=iso_utc(now)
+        )
     )
 
 

@@ -27,8 +27,8 @@ import dagster as dg
 
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.guard import Change, Learned, blast_radius_refusal, number
-from jobs_pipeline.job_parts.learned_normal import Normal, learned_normal
-from jobs_pipeline.job_parts.results import JobReport, JobResult
+from jobs_pipeline.job_parts.learned_normal import Normal
+from jobs_pipeline.job_parts.results import JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags, next_tick, utc_schedule
 from jobs_pipeline.jobs import (
     global_override_check,
@@ -52,10 +52,9 @@ DELIVERED_HORIZON = timedelta(days=8)
 class Count:
     """One number the job's dry run would report at its tick, beside the job's normal."""
 
-    metric: str  # the key of the job's result its normal is learned from
+    learned: Learned  # the job's guard settings (the defaults for a job without a guard)
     what: str  # "downgrade {} users"
     would: int
-    learned: Learned | None = None  # the job's guard settings; None: the defaults, no guard
     over_cap: str | None = None  # the fixed caps' refusal, when the run would meet it
     normal: Normal | None = None
 
@@ -150,10 +149,9 @@ class Prediction:
 def guarded(what: str, change: Change) -> Count:
     """A count its job's guard checks: the same fixed caps, and the same learned settings."""
     return Count(
-        metric=change.learned.metric,
+        learned=change.learned,
         what=what,
         would=change.about_to_change,
-        learned=change.learned,
         over_cap=blast_radius_refusal(change.caps, change.about_to_change, change.out_of),
     )
 
@@ -194,10 +192,11 @@ def predict_trial_reminder(db: AppDatabase, tick: datetime) -> Prediction:
     """
     with db.transaction() as connection:
         three_days, one_day = trial_reminder.count_unqueued(connection, tick)
+    result = trial_reminder.TrialReminderResult
     return Prediction(
         counts=(
-            Count("queued3d", "queue {} 3-day reminders", three_days),
-            Count("queued1d", "queue {} 1-day reminders", one_day),
+            Count(Learned(result, "queued3d"), "queue {} 3-day reminders", three_days),
+            Count(Learned(result, "queued1d"), "queue {} 1-day reminders", one_day),
         )
     )
 
@@ -260,29 +259,71 @@ def normal_of(instance: dg.DagsterInstance, job_name: str, count: Count) -> Norm
     """With the job guard's own settings where it has a guard, so "abnormal" means "the
     guard would stop it"; with the defaults otherwise.
     """
-    if count.learned is not None:
-        return count.learned.normal(instance, job_name)
-    return learned_normal(instance, job_name, count.metric)
+    return count.learned.normal(instance, job_name)
 
 
-def forecast_result(forecasts: Sequence[Forecast], now: datetime) -> JobResult:
-    """Flat keys, one per job and number, so the UI shows each as its own metadata entry."""
-    result: JobResult = {
-        "timestamp": iso_utc(now),
-        "abnormal": [f.job for f in forecasts if f.abnormal],
-    }
-    for f in forecasts:
-        result[f"{f.job}.tick"] = iso_utc(f.tick)
-        result[f"{f.job}.abnormal"] = f.abnormal
-        result[f"{f.job}.summary"] = f.summary()
-        for count in f.counts:
-            prefix = f"{f.job}.{count.metric}"
-            normal = count.normal
-            result[f"{prefix}.forecast"] = count.would
-            result[f"{prefix}.median"] = normal.median if normal else None
-            result[f"{prefix}.p95"] = normal.p95 if normal else None
-            result[f"{prefix}.bound"] = normal.bound if normal else None
-    return result
+class CountForecast(JobResult):
+    """One count a job's run would make tonight, beside the job's normal."""
+
+    forecast: int
+    median: float | None
+    p95: float | None
+    bound: int | None
+
+
+class JobForecast(JobResult):
+    tick: str
+    abnormal: bool
+    summary: str
+    counts: dict[str, CountForecast]  # by the key of the job's result counted
+
+
+class ForecastResult(JobResult):
+    """In the JSON, flat keys, one per job and number (`tier_expiration.tick`,
+    `tier_expiration.processed.forecast`, ...), so the UI shows each as its own metadata
+    entry.
+    """
+
+    timestamp: str
+    abnormal: list[str]
+    jobs: dict[str, JobForecast]
+
+    def as_json(self) -> ResultJson:
+        flat: ResultJson = {"timestamp": self.timestamp, "abnormal": self.abnormal}
+        for job, forecast in self.jobs.items():
+            flat[f"{job}.tick"] = forecast.tick
+            flat[f"{job}.abnormal"] = forecast.abnormal
+            flat[f"{job}.summary"] = forecast.summary
+            for key, count in forecast.counts.items():
+                for figure, value in count.model_dump().items():
+                    flat[f"{job}.{key}.{figure}"] = value
+        return flat
+
+
+def forecast_result(forecasts: Sequence[Forecast], now: datetime) -> ForecastResult:
+    return ForecastResult(
+        timestamp=iso_utc(now),
+        abnormal=[f.job for f in forecasts if f.abnormal],
+        jobs={
+            f.job: JobForecast(
+                tick=iso_utc(f.tick),
+                abnormal=f.abnormal,
+                summary=f.summary(),
+                counts={count.learned.key: count_forecast(count) for count in f.counts},
+            )
+            for f in forecasts
+        },
+    )
+
+
+def count_forecast(count: Count) -> CountForecast:
+    normal = count.normal
+    return CountForecast(
+        forecast=count.would,
+        median=normal.median if normal else None,
+        p95=normal.p95 if normal else None,
+        bound=normal.bound if normal else None,
+    )
 
 
 def verdict_tags(forecasts: Sequence[Forecast]) -> dict[str, str]:
@@ -362,7 +403,7 @@ def alert_abnormal(
 @dg.op(name=OP_NAME)
 def forecast_tonight(
     context: dg.OpExecutionContext, db: AppDatabase, alerts: AlertChannels
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Dry-runs each time-ruled job's rule as of its next tick and compares each count with
     the job's learned normal (median, 95th percentile, bound from its last 30 successful
     scheduled runs) and its fixed caps; an abnormal forecast alerts once per job and tick.

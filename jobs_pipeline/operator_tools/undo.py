@@ -20,7 +20,7 @@ from pydantic import Field
 from sqlalchemy import Connection, Table, select, text
 
 from jobs_pipeline.formats import display_name, iso_utc
-from jobs_pipeline.job_parts.results import LOG_LINE_CAP, JobReport, JobResult
+from jobs_pipeline.job_parts.results import LOG_LINE_CAP, JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags
 from jobs_pipeline.job_parts.writers import job_step
 from jobs_pipeline.resources.database import AppDatabase
@@ -217,10 +217,22 @@ def undo(connection: Connection, runs: UndoOf) -> list[tuple[str, str]]:
     return restored
 
 
+class UndoResult(JobResult):
+    """Its dry run's is the same, `dryRun` true and nothing written."""
+
+    dry_run: bool
+    undone_run: str
+    restored: int
+    left_alone: int
+    # The first LOG_LINE_CAP rows left alone: `table`, `key`, `email`, `why`.
+    left_alone_rows: list[dict[str, Any]]
+    timestamp: str
+
+
 @dg.op(name=OP_NAME)
 def undo_changes(
     context: dg.OpExecutionContext, config: UndoConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     """Takes back what one run changed, row by row, where the row still holds what the
     run wrote; rows changed since are left alone and listed.
     """
@@ -234,7 +246,7 @@ def undo_changes(
 
 def undo_recorded_changes(
     context: dg.OpExecutionContext, config: UndoConfig, db: AppDatabase
-) -> dg.Output[JobResult]:
+) -> dg.Output[ResultJson]:
     report = JobReport(context, display_name(JOB_NAME))
     now = db.now()
     with db.engine.connect() as connection:
@@ -263,14 +275,14 @@ def undo_recorded_changes(
         report.row(f"Left alone: {describe_left(row)}")
     report.end_rows("rows left alone", total=len(left))
     return report.result(
-        {
-            "dryRun": config.dry_run,
-            "undoneRun": config.run_id,
-            "restored": len(restored),
-            "leftAlone": len(left),
-            "leftAloneRows": explained,
-            "timestamp": iso_utc(now),
-        }
+        UndoResult(
+            dry_run=config.dry_run,
+            undone_run=config.run_id,
+            restored=len(restored),
+            left_alone=len(left),
+            left_alone_rows=explained,
+            timestamp=iso_utc(now),
+        )
     )
 
 

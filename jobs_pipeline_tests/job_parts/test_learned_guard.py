@@ -19,8 +19,12 @@ from sqlalchemy import Engine, func, insert, literal, select
 from jobs_pipeline.interfaces.launch import op_config_for
 from jobs_pipeline.job_parts.guard import number
 from jobs_pipeline.job_parts.learned_normal import learned_bound, learned_normal
-from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
-from jobs_pipeline.jobs.tier_expiration import has_expired_paid_tier, tier_expiration_job
+from jobs_pipeline.jobs.promo_cleanup import PromoCleanupResult, promo_cleanup_job
+from jobs_pipeline.jobs.tier_expiration import (
+    TierExpirationResult,
+    has_expired_paid_tier,
+    tier_expiration_job,
+)
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import Timestamptz, promo_redemptions, users
 from jobs_pipeline.storage.engine import create_app_engine
@@ -138,14 +142,17 @@ def p95_by_hand(values: Sequence[int]) -> float:
 
 
 def test_the_normal_is_learned_from_the_last_successful_scheduled_runs(history):
-    normal = learned_normal(history, JOB, "processed")
+    normal = learned_normal(history, JOB, TierExpirationResult, "processed")
 
     assert normal.counts == tuple(reversed(HISTORY))  # newest first; the newer runs passed over
     assert normal.median == statistics.median(HISTORY)
     assert normal.p95 == pytest.approx(p95_by_hand(HISTORY))
     assert normal.bound == math.ceil(3 * p95_by_hand(HISTORY))
     assert 900 < normal.bound < 1_000
-    assert learned_normal(history, JOB, "processed", window=10).counts == normal.counts[:10]
+    assert (
+        learned_normal(history, JOB, TierExpirationResult, "processed", window=10).counts
+        == normal.counts[:10]
+    )
 
 
 def test_the_bound_needs_enough_runs_and_never_drops_below_the_floor():
@@ -163,7 +170,7 @@ def test_a_run_of_3000_when_300_is_normal_stops_and_writes_nothing(engine, db, h
     execution = run_job(tier_expiration_job, db, history)
 
     assert not execution.success
-    normal = learned_normal(history, JOB, "processed")
+    normal = learned_normal(history, JOB, TierExpirationResult, "processed")
     assert failure_message(execution) == (
         "Refusing to downgrade paying users: this run would change 3000 rows, over the learned"
         f" bound of {normal.bound}: the last 30 scheduled runs changed a median of"
@@ -200,7 +207,7 @@ def test_a_run_of_330_when_300_is_normal_goes_ahead(engine, db, history):
     assert execution.success, failure_message(execution)
     assert job_result(execution)["processed"] == 330
     assert expired_count(engine) == 0
-    normal = learned_normal(history, JOB, "processed")
+    normal = learned_normal(history, JOB, TierExpirationResult, "processed")
     assert (
         f"[tier-expiration] Learned bound of processed: {normal.bound} (median"
         f" {number(normal.median)}, 95th percentile {number(normal.p95)} over the last 30"
@@ -271,7 +278,9 @@ def test_promo_cleanup_learns_each_count_with_its_own_floor(engine, db):
 
         refused = run_job(promo_cleanup_job, db, instance, learned_redemptions_floor=5)
 
-        normal = learned_normal(instance, "promo_cleanup", "redemptionsDeleted", floor=5)
+        normal = learned_normal(
+            instance, "promo_cleanup", PromoCleanupResult, "redemptions_deleted", floor=5
+        )
         assert normal.counts == (10, 12, 10, 11, 9) and normal.bound == 36
         assert not refused.success
         assert failure_message(refused).startswith(
