@@ -67,4 +67,5 @@ def render_table(rows: Sequence[dict[str, Any]], formats: dict[str, str]) -> str
                 "-" if value is None or pd.isna(value) else format(value, spec)
                 for value in frame[column]
             ]
-    return frame.to_string(index=False, na_rep="-")
+    table: str = frame.to_string(index=False, na_rep="-")
+    return table

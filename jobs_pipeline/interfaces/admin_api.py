@@ -224,7 +224,8 @@ class AdminApi:
         give_up = loop.time() + self.wait_seconds
         while True:
             outcome = await run_in_threadpool(outcome_of, self.instance, run_id)
-            assert outcome is not None, f"run {run_id} is not in the instance"
+            if outcome is None:
+                raise LookupError(f"run {run_id} is not in the instance")
             if outcome.finished or loop.time() >= give_up or self.stopping():
                 return outcome
             await asyncio.sleep(POLL_SECONDS)
@@ -454,14 +455,16 @@ def last_run(instance: dg.DagsterInstance, job_name: str) -> LastRun | None:
     )
 
 
-async def api_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, ApiError)
+async def api_error(request: Request, error: Exception) -> JSONResponse:
+    if not isinstance(error, ApiError):  # registered for ApiError only
+        return await internal_error(request, error)
     return JSONResponse({"error": error.message}, status_code=error.status)
 
 
 async def bad_request(request: Request, error: Exception) -> JSONResponse:
     """A body that is not JSON, not an object, or holds an unknown or mistyped option."""
-    assert isinstance(error, RequestValidationError)
+    if not isinstance(error, RequestValidationError):  # registered for it only
+        return await internal_error(request, error)
     sent_as = request.headers.get("content-type", "").split(";")[0].strip()
     if sent_as and sent_as != "application/json":
         # curl's `-d` alone sends a form: the body never reaches the options as JSON.

@@ -125,7 +125,8 @@ def plan_launch(
     if user is not None:
         if not takes_option(job, "user"):
             raise not_taken("user", job, spell)
-        assert app_engine is not None, "looking a user up needs the app database"
+        if app_engine is None:
+            raise ValueError("looking a user up needs the app database")
         with app_engine.connect() as connection:
             try:
                 user_id = find_user(connection, user)

@@ -20,6 +20,7 @@
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -181,9 +182,8 @@ def long_running_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertCh
     minimum_interval_seconds=30,
 )
 def waiting_run_sensor(context: dg.SensorEvaluationContext, alerts: AlertChannels) -> None:
-    assert context.repository_def is not None
     now = time.time()
-    pools = read_pools(context.instance, job_pools(context.repository_def.get_all_jobs()))
+    pools = read_pools(context.instance, job_pools(repository_of(context).get_all_jobs()))
     for waiting in waiting_runs(context.instance, pools, now):
         run = waiting.run
         limit = waiting_alert_after(run.tags)
@@ -253,10 +253,16 @@ def heartbeat_sensor(context: dg.SensorEvaluationContext, heartbeats: Heartbeats
 
 
 def job_names_watched(context: dg.SensorEvaluationContext) -> list[str]:
-    assert context.repository_def is not None
     return sorted(
-        job.name for job in context.repository_def.get_all_jobs() if not job.name.startswith("__")
+        job.name for job in repository_of(context).get_all_jobs() if not job.name.startswith("__")
     )
+
+
+def repository_of(context: dg.SensorEvaluationContext) -> dg.RepositoryDefinition:
+    """The code location a sensor watches (the daemon always evaluates it in one)."""
+    if context.repository_def is None:
+        raise RuntimeError(f"sensor {context.sensor_name} was evaluated outside a code location")
+    return context.repository_def
 
 
 def failure_rate(instance: dg.DagsterInstance, job_name: str, since: datetime) -> tuple[int, int]:
@@ -272,7 +278,9 @@ def failure_rate(instance: dg.DagsterInstance, job_name: str, since: datetime) -
     return failed, len(records)
 
 
-def current_window(state: dict[str, dict], job_name: str, now: datetime) -> dict:
+def current_window(
+    state: dict[str, dict[str, Any]], job_name: str, now: datetime
+) -> dict[str, Any]:
     """The job's alert window: the open one, or a new one once the last is 24 hours old."""
     window = state.get(job_name)
     age = now.timestamp() - window["opened"] if window else None
@@ -292,7 +300,7 @@ def failure_rate_sensor(context: dg.SensorEvaluationContext, alerts: AlertChanne
     """The cursor holds, per job, when its current window's alert opened and which
     channels got it: `{"job": {"opened": <epoch>, "channels": ["log", "email"]}}`.
     """
-    state: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+    state: dict[str, dict[str, Any]] = json.loads(context.cursor) if context.cursor else {}
     now = datetime.now(UTC)
     for job_name in job_names_watched(context):
         failed, finished = failure_rate(context.instance, job_name, now - FAILURE_RATE_WINDOW)

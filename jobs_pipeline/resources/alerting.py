@@ -117,7 +117,8 @@ class AlertChannels(dg.ConfigurableResource):
         self.mailer.send(message)
 
     def post_webhook(self, alert: Alert) -> None:
-        assert self.webhook_url
+        if not self.webhook_url:
+            raise ValueError("no webhook to post to: ALERT_WEBHOOK_URL is not set")
         request = urllib.request.Request(  # noqa: S310 - the operator's own URL
             self.webhook_url,
             data=json.dumps(alert.payload()).encode(),

@@ -35,7 +35,7 @@ def is_connection_loss(error: exc.DBAPIError) -> bool:
     sqlstate = getattr(error.orig, "sqlstate", None)
     if sqlstate is None:
         return isinstance(error, exc.OperationalError)
-    return sqlstate.startswith(CONNECTION_SQLSTATES)
+    return str(sqlstate).startswith(CONNECTION_SQLSTATES)
 
 
 # The advisory-lock namespace of this project's writer locks (the first of the two keys).
@@ -206,4 +206,5 @@ class AppDatabase(dg.ConfigurableResource):
     def now(self) -> datetime:
         """The database's clock, so a run compares times on the same clock the app writes."""
         with self.engine.connect() as connection:
-            return connection.execute(select(func.clock_timestamp())).scalar_one()
+            now: datetime = connection.execute(select(func.clock_timestamp())).scalar_one()
+            return now

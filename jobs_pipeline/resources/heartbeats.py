@@ -29,7 +29,8 @@ class Heartbeats(dg.ConfigurableResource):
 
     def ping(self, job_name: str) -> None:
         """A GET of the job's URL; raises on anything but a 2xx answer."""
-        assert self.url
+        if not self.url:
+            raise ValueError("no heartbeat to ping: HEARTBEAT_URL is not set")
         url = self.url.replace(JOB_PLACEHOLDER, display_name(job_name))
         with urllib.request.urlopen(url, timeout=self.timeout_seconds) as answer:  # noqa: S310 - the operator's own URL
             if not 200 <= answer.status < 300:

@@ -132,7 +132,8 @@ def wait_for_outcome(
     give_up = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     while True:
         outcome = outcome_of(instance, run_id)
-        assert outcome is not None, f"run {run_id} is not in the instance"
+        if outcome is None:
+            raise LookupError(f"run {run_id} is not in the instance")
         if outcome.finished or (give_up is not None and time.monotonic() >= give_up):
             return outcome
         time.sleep(POLL_SECONDS)

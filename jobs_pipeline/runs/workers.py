@@ -152,7 +152,8 @@ class WorkerWithSignOfLife(dg.Executor):
 
 def _create_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     create_in_process = dg.in_process_executor.executor_creation_fn
-    assert create_in_process is not None
+    if create_in_process is None:
+        raise RuntimeError("Dagster's in-process executor has no creation function")
     return WorkerWithSignOfLife(create_in_process(init_context))
 
 

@@ -64,7 +64,8 @@ def run_script(connection: Connection, name: str) -> None:
     whenever parameters are passed at all, and a script has none.
     """
     driver_connection = connection.connection.driver_connection
-    assert driver_connection is not None
+    if driver_connection is None:
+        raise RuntimeError("the connection has no psycopg connection under it")
     driver_connection.execute(read_sql(name))
 
 

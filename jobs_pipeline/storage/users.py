@@ -20,7 +20,8 @@ def find_user(connection: Connection, id_or_email: str) -> uuid.UUID:
     found = connection.execute(select(users.c.id).where(condition).limit(2)).scalars().all()
     if len(found) != 1:
         raise LookupError(f"no user with id or email {needle!r}")
-    return found[0]
+    user_id: uuid.UUID = found[0]
+    return user_id
 
 
 def role_of_email(connection: Connection, email: str) -> tuple[str, str] | None:

@@ -12,10 +12,9 @@ from jobs_pipeline_tests.support.dev_server import (
     running_dev,
     short_state_dir,
     stop,
-    tail,
     wait_for_run,
 )
-from jobs_pipeline_tests.support.processes import answers_200, cli_environment, run_cli
+from jobs_pipeline_tests.support.processes import answers_200, cli_environment, run_cli, tail
 
 pytestmark = pytest.mark.slow
 

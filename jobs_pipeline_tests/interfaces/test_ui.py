@@ -47,8 +47,8 @@ from jobs_pipeline_tests.support.dev_server import (
     graphql,
     running_dev,
     short_state_dir,
-    tail,
 )
+from jobs_pipeline_tests.support.processes import tail
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

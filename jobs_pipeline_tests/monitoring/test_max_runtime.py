@@ -23,9 +23,9 @@ from jobs_pipeline_tests.support.dev_server import (
     Dev,
     running_dev,
     short_state_dir,
-    tail,
     wait_for_run,
 )
+from jobs_pipeline_tests.support.processes import tail
 
 EXPIRED_USERS = 40
 MAX_RUNTIME_S = 4

@@ -10,8 +10,9 @@ recorded under the person who sent it.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -53,6 +54,7 @@ NOT_PASSED_BACK = frozenset(
 
 router = APIRouter(include_in_schema=False)
 readers = anyio.CapacityLimiter(READERS)
+Read = TypeVar("Read")
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,8 @@ async def read(request: Request, holder: Holder) -> Passage:
 
 
 async def read_off_the_loop(
-    reading: Any, *arguments: Any, deadline: float = READ_DEADLINE_SECONDS
-) -> Any:
+    reading: Callable[..., Read], *arguments: Any, deadline: float = READ_DEADLINE_SECONDS
+) -> Read:
     """`reading(*arguments)` in a thread of the door's readers, answered within the
     deadline: parsing a large document never stalls the event loop, and a reader that
     takes too long is not waited for.

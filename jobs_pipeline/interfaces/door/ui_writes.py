@@ -224,7 +224,7 @@ def arguments_of(selection: FieldNode, variables: dict[str, Any]) -> dict[str, A
 
 def argument_values(
     selection: FieldNode, argument: str, variables: dict[str, Any]
-) -> Iterator[dict]:
+) -> Iterator[dict[str, Any]]:
     """The value (each value, for a list) the selection's `argument` variable holds."""
     for node in selection.arguments:
         if node.name.value != argument or not isinstance(node.value, VariableNode):
