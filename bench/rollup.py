@@ -1,7 +1,7 @@
-"""Benchmark of discipline-stats-rollup: the seed's loop, this project, and the floor.
+"""Benchmark of discipline-stats-rollup: a per-user loop, this project, and the floor.
 
-    .venv/bin/python -m bench.rollup --users 100000 1000000 --seed-sample 2000   # the figures
-    .venv/bin/python -m bench.rollup --users 1000 --seed-sample 500 --rounds 1   # a quick look
+    .venv/bin/python -m bench.rollup --users 100000 1000000 --loop-sample 2000   # the figures
+    .venv/bin/python -m bench.rollup --users 1000 --loop-sample 500 --rounds 1   # a quick look
 
 (On a quiet machine: the 1M size needs several GB in the temporary folder and takes
 tens of minutes, most of it generating the data and the 2 rounds of each variant.)
@@ -11,8 +11,8 @@ hand-written INSERT ... SELECT ... ON CONFLICT statement, the floor for this dat
 (it skips rows whose counts did not change); (b) this project's rollup through
 Dagster, all shards in one run, in a process of its own (for its peak memory and
 events), at its default degree and at `parallel_groups: 1`, so the gain of the
-parallel path is visible; and (a) the original design's per-user loop (over
-`--seed-sample` users when given, its rate then applied to all).
+parallel path is visible; and (a) a per-user loop (over
+`--loop-sample` users when given, its rate then applied to all).
 
 Each of (b) and (c) runs twice per round: a FIRST run into an empty
 user_discipline_stats (TRUNCATE before), and a STEADY-STATE run where nothing changed
@@ -42,7 +42,7 @@ from bench.measuring import (
     wal_bytes_since,
     wal_position,
 )
-from bench.seed_baseline import seed_rollup
+from bench.per_user_loop import per_user_rollup
 from jobs_pipeline.jobs.discipline_stats_rollup import RollupConfig
 from jobs_pipeline.storage.app_database_setup import create_app_schema
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, throwaway_embedded_postgres
@@ -84,8 +84,8 @@ class SizeFigures:
     users: int
     shots: int
     generate_seconds: float
-    seed_seconds: float
-    seed_users_timed: int
+    loop_seconds: float
+    loop_users_timed: int
     variants: list[Variant]
 
     def floor(self) -> Variant:
@@ -185,7 +185,7 @@ def round_of(engine: Engine, url: str, variants: list[Variant], expected: str) -
 
 
 def measure(
-    postgres: EmbeddedPostgres, users: int, seed_sample: int | None, rounds: int
+    postgres: EmbeddedPostgres, users: int, loop_sample: int | None, rounds: int
 ) -> SizeFigures:
     database = f"bench_{users}"
     postgres.ensure_database(database)
@@ -207,19 +207,19 @@ def measure(
         for number in range(rounds):
             print(f"[{users} users] round {number + 1} of {rounds}...", file=sys.stderr)
             round_of(engine, url, variants if number % 2 == 0 else variants[::-1], expected)
-        print(f"[{users} users] seed loop...", file=sys.stderr)
+        print(f"[{users} users] per-user loop...", file=sys.stderr)
         truncate_stats(engine)
         started = time.perf_counter()
-        timed = seed_rollup(engine, limit=seed_sample)
-        seed_seconds = (time.perf_counter() - started) * users / timed
+        timed = per_user_rollup(engine, limit=loop_sample)
+        loop_seconds = (time.perf_counter() - started) * users / timed
         if timed == users:
-            check_agreement(engine, expected, "(a) the seed's loop")
+            check_agreement(engine, expected, "(a) the per-user loop")
         return SizeFigures(
             users=users,
             shots=shots,
             generate_seconds=generate_seconds,
-            seed_seconds=seed_seconds,
-            seed_users_timed=timed,
+            loop_seconds=loop_seconds,
+            loop_users_timed=timed,
             variants=variants,
         )
     finally:
@@ -248,13 +248,13 @@ def time_rows(results: list[SizeFigures]) -> list[dict[str, Any]]:
                     "events": v.events,
                 }
             )
-        note = "" if size.seed_users_timed == size.users else f" ({size.seed_users_timed} timed)"
+        note = "" if size.loop_users_timed == size.users else f" ({size.loop_users_timed} timed)"
         rows.append(
             {
                 "users": size.users,
-                "variant": f"(a) seed loop{note}",
-                "first s": size.seed_seconds,
-                "first /c": ratio(size.seed_seconds, floor.seconds("first")),
+                "variant": f"(a) per-user loop{note}",
+                "first s": size.loop_seconds,
+                "first /c": ratio(size.loop_seconds, floor.seconds("first")),
             }
         )
     return rows
@@ -281,7 +281,7 @@ def size_rows(results: list[SizeFigures]) -> list[dict[str, Any]]:
             "users": size.users,
             "shots": size.shots,
             "generate s": size.generate_seconds,
-            "a/b": ratio(size.seed_seconds, size.default_rollup().seconds("first")),
+            "a/b": ratio(size.loop_seconds, size.default_rollup().seconds("first")),
         }
         for size in results
     ]
@@ -329,10 +329,10 @@ def as_json(results: list[SizeFigures]) -> list[dict[str, Any]]:
                 "users": size.users,
                 "shots": size.shots,
                 "generate_seconds": size.generate_seconds,
-                "seed_seconds": size.seed_seconds,
-                "seed_users_timed": size.seed_users_timed,
+                "loop_seconds": size.loop_seconds,
+                "loop_users_timed": size.loop_users_timed,
                 "ratio_seed_to_dagster": ratio(
-                    size.seed_seconds, size.default_rollup().seconds("first")
+                    size.loop_seconds, size.default_rollup().seconds("first")
                 ),
                 "variants": variants,
             }
@@ -344,19 +344,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument(
-        "--seed-sample", type=int, help="time the seed's loop on this many users only"
+        "--loop-sample", type=int, help="time the per-user loop on this many users only"
     )
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of every variant; the best is kept"
     )
     parser.add_argument("--json", type=Path, default=Path("bench/results/rollup.json"))
     args = parser.parse_args(argv)
-    numbers = [*args.users, args.rounds, args.seed_sample or 1]
+    numbers = [*args.users, args.rounds, args.loop_sample or 1]
     if any(n < 1 for n in numbers):
-        parser.error("--users, --rounds and --seed-sample take positive numbers")
+        parser.error("--users, --rounds and --loop-sample take positive numbers")
 
     with throwaway_embedded_postgres(prefix="jpbench") as postgres:
-        results = [measure(postgres, n, args.seed_sample, args.rounds) for n in args.users]
+        results = [measure(postgres, n, args.loop_sample, args.rounds) for n in args.users]
     print(report(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(as_json(results), indent=2))

@@ -36,7 +36,7 @@ def test_the_rollup_benchmark_runs_and_its_methods_agree(tmp_path, project_root)
     sizes = json.loads(output.read_text())
     assert [s["users"] for s in sizes] == [150, 300]
     assert [s["shots"] for s in sizes] == [150 * 30, 300 * 30]
-    assert all(s["seed_users_timed"] == s["users"] for s in sizes)
+    assert all(s["loop_users_timed"] == s["users"] for s in sizes)
     assert all(s["generate_seconds"] > 0 for s in sizes)
     for section in ("Data", "Time", "WAL"):
         assert section in run.stdout.splitlines()

@@ -19,7 +19,7 @@ from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline.tags import TOOL_TAG
 from jobs_pipeline_tests.support.running import job_result
 
-# INTERFACE.md's table: Dagster job, schedule (UTC), priority.
+# The jobs as the README's table gives them: Dagster job, schedule (UTC), priority.
 SCHEDULES = [s for s in defs.schedules or [] if isinstance(s, dg.ScheduleDefinition)]
 
 INVENTORY = {

@@ -129,7 +129,7 @@ class Caps:
     (a share of a handful means little). Each names the setting that moves it.
     """
 
-    job: str  # the job's seed name, for the command that goes ahead
+    job: str  # the job's name as users see it, for the command that goes ahead
     what: str  # "downgrade paying users"
     out_of_what: str  # "paying users"
     max_rows: int

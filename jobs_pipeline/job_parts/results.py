@@ -67,7 +67,7 @@ def result_json(result: Mapping[str, Any]) -> str:
 
 @dataclass
 class JobReport:
-    """Writes one job's log lines in the seed's `[job-name] message` format."""
+    """Writes one job's log lines as `[job-name] message`."""
 
     context: dg.OpExecutionContext
     name: str

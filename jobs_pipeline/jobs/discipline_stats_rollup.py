@@ -1,9 +1,9 @@
 """discipline-stats-rollup: per-user discipline statistics (daily 01:00 UTC).
 
-The original design looped over every user with three queries each; here set-based
-`INSERT ... SELECT ... ON CONFLICT` statements compute every user of the run's shards
-inside PostgreSQL, so the job's memory does not grow with the number of users and
-there is no round trip per user.
+Set-based `INSERT ... SELECT ... ON CONFLICT` statements compute every user of the
+run's shards inside PostgreSQL, so the job's memory does not grow with the number of
+users and there is no round trip per user (a loop over the users, three queries each,
+is the benchmark's baseline: docs/benchmark.md).
 
 PostgreSQL plans no parallel workers under an INSERT, so one statement uses one of
 the server's cores. The run's shards are therefore split into `parallel_groups`

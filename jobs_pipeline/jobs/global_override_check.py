@@ -1,10 +1,9 @@
 """global-override-check: clear an expired global tier override (hourly).
 
 `global_config['global_tier_override']` holds `{"tier": ..., "expires_at": ...}`.
-The original design trusted that shape and deleted the key by name; here a
-malformed value fails the run and stays as it is for an admin to fix, and the
-delete removes only the value that was read, so an override an admin writes in
-the meantime is kept.
+A value of another shape is not trusted: it fails the run and stays as it is for an
+admin to fix. The delete removes only the value that was read, not the key by name,
+so an override an admin writes in the meantime is kept.
 """
 
 from dataclasses import dataclass

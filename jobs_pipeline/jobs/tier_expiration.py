@@ -1,10 +1,10 @@
 """tier-expiration: downgrade users whose paid tier has expired (daily 00:15 UTC).
 
-The original design selected the expired users and then updated each by id, so a
-user who renewed between the two was downgraded all the same. Here the rule is
-checked again by the statement that changes the row, rows are taken in bounded
-batches (one short transaction each), and rows the app holds locked are skipped
-(`SKIP LOCKED`) and left for the next run instead of stalling this one.
+The rule is checked by the statement that changes the row, so a user who renews
+between the count and the update is not downgraded (selecting the expired users
+first and then updating each by id would). Rows are taken in bounded batches (one
+short transaction each), and rows the app holds locked are skipped (`SKIP LOCKED`)
+and left for the next run instead of stalling this one.
 """
 
 import uuid
@@ -225,8 +225,7 @@ class Downgrader:
     """Walks the expired users in id order, batch by batch, one transaction per batch.
 
     When a batch statement fails (a row the app's own rules reject, say), that
-    batch is retried user by user, so one bad row is logged and the rest go on:
-    the original design's "single user update fails: log error, continue".
+    batch is retried user by user, so one bad row is logged and the rest go on.
     The per-user path runs only for a failed batch, never in the common case.
     """
 
@@ -410,7 +409,7 @@ def expire_tiers(
     )
     if downgrader.failed and not downgrader.processed:
         report.log_result(result)
-        # The original design: "All updates fail: alert admin, retry job".
+        # Every update failed: the run is retried, then fails, and so alerts.
         raise db.retry_request() from AllUpdatesFailed(
             f"[{report.name}] All {downgrader.failed} user updates failed;"
             f" first error: {downgrader.first_failure}"

@@ -7,7 +7,7 @@
   fresh start sets its cursor to the latest failure, so runs that failed before it
   (e.g. between a deployment's start and that tick) would otherwise never alert.
 - `long_running_run_sensor`: a run still going past its job's threshold alerts once
-  (the original design's "> 5 minutes"); `dagster/max_runtime` stops a stuck run.
+  (5 minutes by default); `dagster/max_runtime` stops a stuck run.
 - `failure_rate_sensor`: a job whose failed runs exceed 10% of its runs in the
   trailing 24 hours alerts once per job per 24-hour window.
 - `heartbeat_sensor`: each successful scheduled run pings `HEARTBEAT_URL` once (a dead

@@ -139,8 +139,8 @@ class AppDatabase(dg.ConfigurableResource):
     def retry_on_connection_loss(self) -> Iterator[None]:
         """Turns a lost or refused connection into a retry of the whole step.
 
-        Only connection loss: the original design's "DB connection failure: retry job
-        in 5 minutes". A timeout, a constraint or bad data fails at once. Every job is
+        Only connection loss is retried: a timeout, a constraint or bad data fails at
+        once. Every job is
         safe to run again (each rule is checked in the statement that applies it), so
         a retry never does anything twice.
         """

@@ -72,7 +72,7 @@ from jobs_pipeline_tests.support.receivers import WebhookServer
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
-# What the issue asks: the next run has done the work within 3 minutes of the fault.
+# The promise to operators: the next run has done the work within 3 minutes of the fault.
 RECOVERY_DEADLINE_S = 180
 # The failure sensor ticks every 30 s; the redelivery sensor every 60 s.
 ALERT_DEADLINE_S = 120

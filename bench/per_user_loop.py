@@ -1,5 +1,5 @@
-"""(a) The original design's algorithm, kept here only as the baseline to beat:
-all users loaded, then three queries per user (stats, abort stats, upsert).
+"""(a) The per-user loop, kept here only as the baseline to beat: all users loaded, then
+three queries per user (stats, abort stats, upsert), each committed on its own.
 """
 
 import uuid
@@ -43,8 +43,10 @@ UPSERT = text(
 )
 
 
-def seed_rollup(engine: Engine, limit: int | None = None) -> int:
-    """Runs the seed's loop (autocommit, as its ORM did); returns the users processed."""
+def per_user_rollup(engine: Engine, limit: int | None = None) -> int:
+    """Runs the loop (autocommit: each statement its own transaction); returns the users
+    processed.
+    """
     now = datetime.now(UTC)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         # LIMIT NULL is no limit.
