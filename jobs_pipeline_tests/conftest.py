@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy import Engine
@@ -22,6 +21,7 @@ from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_post
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.support.dev_server import stop_orphaned_postgres
+from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.running import temporary_instance
 
 pytest_plugins = [
@@ -32,14 +32,7 @@ pytest_plugins = [
     "jobs_pipeline_tests.support.daemon_down",
 ]
 
-TEMPLATE = "app_template"
 _database_numbers = itertools.count()
-
-
-def admin_connection(postgres: EmbeddedPostgres) -> psycopg.Connection:
-    return psycopg.connect(
-        host=str(postgres.pgdata), user="postgres", dbname="postgres", autocommit=True
-    )
 
 
 @pytest.fixture(scope="session")

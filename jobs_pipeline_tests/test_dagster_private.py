@@ -15,7 +15,8 @@ import pytest
 
 from jobs_pipeline import dagster_private
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import DEFINITIONS_MODULE, LOCATION_NAME, op_config_for
+from jobs_pipeline.interfaces.launching.instance import DEFINITIONS_MODULE, LOCATION_NAME
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import free_port, stop_process
 from jobs_pipeline_tests.support.running import temporary_instance

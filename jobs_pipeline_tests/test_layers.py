@@ -43,12 +43,16 @@ def test_the_tests_mirror_the_package():
     assert not helpers, f"helpers outside support/: {helpers}"
 
 
-def test_no_test_module_imports_another():
-    """What two test modules share is a helper, and helpers live in support/."""
+def test_no_test_module_imports_another_nor_conftest():
+    """What two test modules share is a helper, and helpers live in support/; conftest
+    holds fixtures, which pytest gives by name.
+    """
     tests = Path(__file__).parent
     importing = sorted(
         str(path.relative_to(tests))
         for path in tests.rglob("*.py")
-        if re.search(r"^from jobs_pipeline_tests\.(\w+\.)*test_\w+ import", path.read_text(), re.M)
+        if re.search(
+            r"^from jobs_pipeline_tests\.(\w+\.)*(test_\w+|conftest) import", path.read_text(), re.M
+        )
     )
     assert importing == []

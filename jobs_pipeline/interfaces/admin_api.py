@@ -43,10 +43,10 @@ from jobs_pipeline.interfaces.door.arrival import client_address
 from jobs_pipeline.interfaces.door.routes import router as door_routes
 from jobs_pipeline.interfaces.door.session import DoorSettings
 from jobs_pipeline.interfaces.door.state import opened_door
-from jobs_pipeline.interfaces.launch import (
+from jobs_pipeline.interfaces.launching.execution import RunQueue
+from jobs_pipeline.interfaces.launching.instance import daemon_serves
+from jobs_pipeline.interfaces.launching.plans import (
     LaunchError,
-    RunQueue,
-    daemon_serves,
     job_catalog,
     latest_run,
     plan_launch,

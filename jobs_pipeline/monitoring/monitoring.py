@@ -94,7 +94,7 @@ def is_final_attempt(run: dg.DagsterRun) -> bool:
 )
 def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertChannels) -> None:
     run = context.dagster_run
-    # Canceled since it failed: a CLI run its operator stopped midway (launch.py).
+    # Canceled since it failed: a CLI run its operator stopped midway (launching/execution.py).
     if not is_final_attempt(run) or run.status != dg.DagsterRunStatus.FAILURE:
         return
     alert = failure_alert(context.instance, run, alerts)

@@ -13,7 +13,7 @@ import yaml
 from psycopg import sql
 from sqlalchemy import inspect
 
-from jobs_pipeline.interfaces.launch import project_pools
+from jobs_pipeline.interfaces.launching.instance import project_pools
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.embedded import INSTANCE_CONFIG, EmbeddedPostgres
 from jobs_pipeline.storage.engine import create_app_engine

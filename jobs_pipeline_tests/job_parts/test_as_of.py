@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from jobs_pipeline.formats import iso_utc
-from jobs_pipeline.interfaces.launch import LaunchError, op_config_for, plan_launch
+from jobs_pipeline.interfaces.launching.plans import LaunchError, op_config_for, plan_launch
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job

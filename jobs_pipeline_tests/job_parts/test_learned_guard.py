@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy import Engine, func, insert, literal, select
 
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.job_parts.guard import number
 from jobs_pipeline.job_parts.learned_normal import learned_bound, learned_normal
 from jobs_pipeline.jobs.promo_cleanup import PromoCleanupResult, promo_cleanup_job
@@ -30,8 +30,8 @@ from jobs_pipeline.storage.app_tables import Timestamptz, promo_redemptions, use
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline.tags import GUARD_REFUSED_TAG
-from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import add_promo_code, add_user, db_now, table_rows
+from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.running import (
     failure_message,
     job_result,

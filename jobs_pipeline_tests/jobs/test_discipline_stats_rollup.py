@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import Engine, func, insert, literal_column, select, text, update
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.jobs.discipline_stats_rollup import (
     ALL_SHARDS_TAGS,
     ASSET_KEY,
@@ -16,7 +16,6 @@ from jobs_pipeline.jobs.discipline_stats_rollup import (
     Scope,
     shard_groups,
     shard_of,
-    user_discipline_stats_asset,
     user_shard,
     user_shards,
 )
@@ -375,10 +374,6 @@ def test_dry_run_reports_changes_nothing_and_materializes_nothing(engine, db, in
     assert (result["dryRun"], result["wouldUpdate"], result["wouldChange"]) == (True, 30, 4)
     run = instance.get_run_by_id(execution.run_id)
     assert run is not None and run.tags[DRY_RUN_TAG] == "true"
-
-
-def test_the_rollup_writes_in_its_tables_pool(engine, db):
-    assert user_discipline_stats_asset.op.pool == "writes_user_discipline_stats"
 
 
 def test_a_real_run_waits_for_the_writer_lock_and_a_dry_run_does_not(engine, db, instance):

@@ -33,7 +33,7 @@ from psycopg import sql
 from sqlalchemy import Engine, insert, select, text
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job

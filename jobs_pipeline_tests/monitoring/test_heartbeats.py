@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
 from jobs_pipeline.monitoring.monitoring import heartbeat_sensor
 from jobs_pipeline.resources.database import AppDatabase

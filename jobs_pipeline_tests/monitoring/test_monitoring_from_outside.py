@@ -38,7 +38,9 @@ from sqlalchemy import Engine, func, select, update
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.deployment.metrics import metrics_registry
-from jobs_pipeline.interfaces.launch import RunQueue, plan_launch, prepare_pools
+from jobs_pipeline.interfaces.launching.execution import RunQueue
+from jobs_pipeline.interfaces.launching.instance import prepare_pools
+from jobs_pipeline.interfaces.launching.plans import plan_launch
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import OP_NAME as DOWNGRADE_STEP
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
@@ -50,10 +52,10 @@ from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.project_tables import email_outbox
 from jobs_pipeline.tags import GUARD_REFUSED_TAG
-from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import add_expired_user, add_user, db_now, set_override
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.deployment import REPOSITORY, Deployment
+from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
     cli_environment,

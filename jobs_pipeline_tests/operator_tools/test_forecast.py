@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy import Engine, func, select, text
 
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.job_parts.scheduling import next_tick
 from jobs_pipeline.jobs.global_override_check import global_override_check_schedule
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_schedule
@@ -26,8 +26,8 @@ from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.tags import forecast_abnormal_tag
-from jobs_pipeline_tests.conftest import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.app_data import db_now, set_override
+from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection
 from jobs_pipeline_tests.support.receivers import SmtpServer, WebhookServer
 from jobs_pipeline_tests.support.running import (
     failure_message,

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table, exc, func, select
 from sqlalchemy.engine import make_url
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.email_delivery import email_delivery_job
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
@@ -53,7 +53,6 @@ from jobs_pipeline.storage.ui_actions import (
 )
 from jobs_pipeline.storage.ui_sessions import caller_of_session, end_session, start_session
 from jobs_pipeline.storage.users import role_of_email
-from jobs_pipeline_tests.conftest import admin_connection
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
     add_promo_code,
@@ -65,6 +64,7 @@ from jobs_pipeline_tests.support.app_data import (
     user_row,
 )
 from jobs_pipeline_tests.support.journal_data import expected_stats, make_journals, stored_stats
+from jobs_pipeline_tests.support.postgres import admin_connection
 from jobs_pipeline_tests.support.receivers import SmtpServer
 from jobs_pipeline_tests.support.running import failure_message, job_result
 

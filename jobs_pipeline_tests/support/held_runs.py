@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, Text, cast, func, select, text
 
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.support.deployed_runs import LAUNCH_RUN, execution_params

@@ -126,7 +126,7 @@ JOB_PROCESS = """
 import json, sys
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.definitions import defs
-from jobs_pipeline.interfaces.launch import op_config_for, plan_launch
+from jobs_pipeline.interfaces.launching.plans import op_config_for, plan_launch
 from jobs_pipeline.job_parts.results import result_of
 job = defs.resolve_job_def(sys.argv[2])
 run = job.execute_in_process(

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from jobs_pipeline.interfaces.launch import op_config_for
+from jobs_pipeline.interfaces.launching.plans import op_config_for
 from jobs_pipeline.job_parts.results import result_of
 from jobs_pipeline.monitoring.monitoring import run_failure_alert_sensor
 from jobs_pipeline.resources.alerting import AlertChannels

@@ -19,7 +19,7 @@ from jobs_pipeline.storage.embedded import (
 
 def prepare_dagster_home() -> Path:
     """`$DAGSTER_HOME`, or a project-local one holding the project's deploy/dagster.yaml."""
-    from jobs_pipeline.interfaces.launch import dev_home
+    from jobs_pipeline.interfaces.launching.dev_instance import dev_home
 
     configured = os.environ.get("DAGSTER_HOME")
     if configured:
@@ -32,11 +32,11 @@ def prepare_dagster_home() -> Path:
 
 
 def command_dev(host: str, port: int) -> int:
-    from jobs_pipeline.interfaces.launch import (
-        open_instance,
+    from jobs_pipeline.interfaces.launching.dev_instance import (
         record_served_database,
         record_served_webserver,
     )
+    from jobs_pipeline.interfaces.launching.instance import open_instance
     from jobs_pipeline.storage.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.storage.schema_migrations import upgrade
 

@@ -11,7 +11,7 @@ from jobs_pipeline.interfaces.cli.tokens import project_database
 
 def command_undo(run_id: str, *, dry_run: bool) -> int:
     from jobs_pipeline.definitions import defs
-    from jobs_pipeline.interfaces.launch import LaunchPlan
+    from jobs_pipeline.interfaces.launching.plans import LaunchPlan
     from jobs_pipeline.operator_tools.undo import JOB_NAME, OP_NAME
     from jobs_pipeline.tags import DRY_RUN_TAG
 

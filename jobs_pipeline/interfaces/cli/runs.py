@@ -15,13 +15,13 @@ if TYPE_CHECKING:  # Dagster and the launcher load when a command needs them, no
     import dagster as dg
     from sqlalchemy import Engine
 
-    from jobs_pipeline.interfaces.launch import LaunchPlan
+    from jobs_pipeline.interfaces.launching.plans import LaunchPlan
     from jobs_pipeline.runs.outcomes import RunOutcome
 
 
 def resolve_job_name(name: str) -> str:
     """Accepts the hyphenated name users see or Dagster's underscored one."""
-    from jobs_pipeline.interfaces.launch import job_catalog
+    from jobs_pipeline.interfaces.launching.plans import job_catalog
 
     candidate = name.strip().replace("-", "_")
     known = list(job_catalog())
@@ -57,7 +57,7 @@ def command_run(
 ) -> int:
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.formats import display_name
-    from jobs_pipeline.interfaces.launch import LaunchError, plan_launch
+    from jobs_pipeline.interfaces.launching.plans import LaunchError, plan_launch
     from jobs_pipeline.storage.engine import create_app_engine
 
     job_name = resolve_job_name(job)
@@ -93,7 +93,7 @@ def prepare_app_database(*, schema: bool) -> None:
     """`DATABASE_URL` (the embedded database when unset, its project schema current), then
     the instance runs are recorded in: `DAGSTER_HOME`'s, or dev's for the same database.
     """
-    from jobs_pipeline.interfaces.launch import adopt_dev_instance
+    from jobs_pipeline.interfaces.launching.dev_instance import adopt_dev_instance
     from jobs_pipeline.storage.app_database_setup import prepare_embedded_app_database
     from jobs_pipeline.storage.schema_migrations import upgrade
 
@@ -111,7 +111,7 @@ def start_and_report(job: dg.JobDefinition, plan: LaunchPlan) -> int:
     where on stderr, waits for it and prints its `Result:` line on stdout.
     """
     from jobs_pipeline.formats import display_name
-    from jobs_pipeline.interfaces.launch import open_instance
+    from jobs_pipeline.interfaces.launching.instance import open_instance
     from jobs_pipeline.job_parts.results import result_json
     from jobs_pipeline.operator_tools.undo import describe_left
 
@@ -136,11 +136,8 @@ def start_run(
 ) -> RunOutcome | None:
     import uuid
 
-    from jobs_pipeline.interfaces.launch import (
-        RunQueue,
-        daemon_serves,
-        execute_here,
-    )
+    from jobs_pipeline.interfaces.launching.execution import RunQueue, execute_here
+    from jobs_pipeline.interfaces.launching.instance import daemon_serves
     from jobs_pipeline.runs.outcomes import wait_for_outcome
 
     who = f"cli:{getpass.getuser()}"
@@ -199,7 +196,7 @@ def command_list() -> int:
 
     from jobs_pipeline.definitions import defs
     from jobs_pipeline.formats import display_name
-    from jobs_pipeline.interfaces.launch import job_catalog
+    from jobs_pipeline.interfaces.launching.plans import job_catalog
     from jobs_pipeline.job_parts.scheduling import priority_of, schedules_by_job
 
     prepare_app_database(schema=False)
@@ -228,7 +225,7 @@ def command_list() -> int:
 def last_run(instance: dg.DagsterInstance | None, job_name: str) -> str:
     """`SUCCESS at 2026-01-03 00:15 UTC (1a2b3c4d)`, with `dry run` before a dry run's."""
 
-    from jobs_pipeline.interfaces.launch import latest_run
+    from jobs_pipeline.interfaces.launching.plans import latest_run
     from jobs_pipeline.tags import DRY_RUN_TAG
 
     if instance is None:

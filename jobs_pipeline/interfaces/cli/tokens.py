@@ -104,7 +104,7 @@ def command_admin_api(
 
     from jobs_pipeline.interfaces.admin_api import create_app
     from jobs_pipeline.interfaces.door.graphql_passage import GRAPHQL_BODY_LIMIT
-    from jobs_pipeline.interfaces.launch import open_instance
+    from jobs_pipeline.interfaces.launching.instance import open_instance
 
     door = door_settings(ui, ui_read_only, ui_sso_email_header)
     log_to_stderr()
