@@ -55,3 +55,4 @@ _.would_queue3d
 _.would_queue1d
 _.undone_run
 _.left_alone
+_.would_delete_ledger_rows

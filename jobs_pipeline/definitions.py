@@ -21,6 +21,7 @@ from jobs_pipeline.jobs.global_override_check import (
     global_override_check_job,
     global_override_check_schedule,
 )
+from jobs_pipeline.jobs.history_retention import history_retention_job, history_retention_schedule
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job, promo_cleanup_schedule
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job, tier_expiration_schedule
 from jobs_pipeline.jobs.trial_reminder import trial_reminder_job, trial_reminder_schedule
@@ -62,6 +63,7 @@ defs = dg.Definitions(
         discipline_stats_rollup_job,
         trial_reminder_job,
         email_delivery_job,
+        history_retention_job,
         undo_run_job,
         tonight_forecast_job,
     ],
@@ -72,6 +74,7 @@ defs = dg.Definitions(
         discipline_stats_rollup_schedule,
         trial_reminder_schedule,
         email_delivery_schedule,
+        history_retention_schedule,
         tonight_forecast_schedule,
     ],
     sensors=[user_discipline_stats_freshness_sensor, *MONITORING_SENSORS],

@@ -29,6 +29,7 @@ INVENTORY = {
     "discipline_stats_rollup": ("0 1 * * *", "medium"),
     "trial_reminder": ("0 9 * * *", "low"),
     "email_delivery": ("*/5 * * * *", "low"),
+    "history_retention": ("30 3 * * *", "low"),
 }
 # Operators' tools (not run by name with the jobs above) that have a schedule of their own.
 TOOL_SCHEDULES = {"tonight_forecast": "0 22 * * *"}

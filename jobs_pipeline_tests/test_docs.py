@@ -21,6 +21,7 @@ from jobs_pipeline.job_parts.results import JobResult
 from jobs_pipeline.jobs.discipline_stats_rollup import RollupDryRun, RollupResult
 from jobs_pipeline.jobs.email_delivery import EmailDeliveryDryRun, EmailDeliveryResult
 from jobs_pipeline.jobs.global_override_check import OverrideCheckResult
+from jobs_pipeline.jobs.history_retention import HistoryRetentionDryRun, HistoryRetentionResult
 from jobs_pipeline.jobs.promo_cleanup import PromoCleanupDryRun, PromoCleanupResult
 from jobs_pipeline.jobs.tier_expiration import TierExpirationDryRun, TierExpirationResult
 from jobs_pipeline.jobs.trial_reminder import TrialReminderDryRun, TrialReminderResult
@@ -430,6 +431,7 @@ RESULT_MODELS: dict[str, tuple[type[JobResult], type[JobResult]]] = {
     "discipline-stats-rollup": (RollupResult, RollupDryRun),
     "trial-reminder": (TrialReminderResult, TrialReminderDryRun),
     "email-delivery": (EmailDeliveryResult, EmailDeliveryDryRun),
+    "history-retention": (HistoryRetentionResult, HistoryRetentionDryRun),
     "undo (`undo_run`)": (UndoResult, UndoResult),
 }
 

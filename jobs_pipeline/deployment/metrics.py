@@ -47,6 +47,7 @@ from jobs_pipeline.jobs import (
     discipline_stats_rollup,
     email_delivery,
     global_override_check,
+    history_retention,
     promo_cleanup,
     tier_expiration,
     trial_reminder,
@@ -86,6 +87,7 @@ RESULT_TYPES: Mapping[str, type[JobResult]] = {
     discipline_stats_rollup.JOB_NAME: discipline_stats_rollup.RollupResult,
     trial_reminder.JOB_NAME: trial_reminder.TrialReminderResult,
     email_delivery.JOB_NAME: email_delivery.EmailDeliveryResult,
+    history_retention.JOB_NAME: history_retention.HistoryRetentionResult,
 }
 RUN_STATUSES = tuple(status.value for status in dg.DagsterRunStatus)
 

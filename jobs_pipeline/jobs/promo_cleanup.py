@@ -48,8 +48,7 @@ from jobs_pipeline.job_parts.writers import job_step, writer_pool
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage import ledger
 from jobs_pipeline.storage.app_tables import promo_codes, promo_redemptions
-from jobs_pipeline.storage.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS, RunIdentity
-from jobs_pipeline.storage.project_tables import change_ledger
+from jobs_pipeline.storage.ledger import RunIdentity
 
 JOB_NAME = "promo_cleanup"
 OP_NAME = "clean_up_promo_codes"
@@ -68,11 +67,6 @@ class PromoCleanupConfig(AsOfConfig, LearnedGuardConfig):
     )
     batch_size: int = Field(
         default=5_000, ge=1, le=100_000, description="Rows changed per transaction."
-    )
-    ledger_retention_days: int = Field(
-        default=DEFAULT_RETENTION_DAYS,
-        gt=UNDO_WINDOW_DAYS,
-        description="Change-ledger rows older than this are removed (longer than the undo window).",
     )
     max_share: float = Field(
         default=0.5,
@@ -194,26 +188,6 @@ def count_rows(connection: Connection, table: Table, condition: ColumnElement[bo
     return int(
         connection.execute(select(func.count()).select_from(table).where(condition)).scalar_one()
     )
-
-
-def prune_ledger(db: AppDatabase, older_than: datetime, batch_size: int) -> int:
-    """The ledger's own retention, in bounded batches: past it, a run can no longer be undone."""
-
-    def prune_batch(connection: Connection) -> Sequence[Row[int]]:
-        oldest = (
-            select(change_ledger.c.id)
-            .where(change_ledger.c.changed_at < older_than)
-            .order_by(change_ledger.c.id)
-            .limit(batch_size)
-            .scalar_subquery()
-        )
-        return connection.execute(
-            delete(change_ledger)
-            .where(change_ledger.c.id.in_(oldest))
-            .returning(change_ledger.c.id)
-        ).all()
-
-    return sum(len(batch) for batch in run_batches(db, prune_batch, batch_size))
 
 
 @dataclass(frozen=True)
@@ -372,11 +346,6 @@ def clean_up(
 
     deleted = sum(len(batch) for batch in run_batches(db, delete_batch, config.batch_size))
     report.info(f"Deleted {deleted} old redemption records")
-    pruned = prune_ledger(db, now - timedelta(days=config.ledger_retention_days), config.batch_size)
-    if pruned:
-        report.info(
-            f"Removed {pruned} change-ledger rows older than {config.ledger_retention_days} days"
-        )
     return report.result(
         PromoCleanupResult(
             codes_deactivated=deactivated, redemptions_deleted=deleted, timestamp=iso_utc(now)

@@ -116,6 +116,7 @@ def test_the_metrics_read_each_jobs_counts_through_its_result():
         "discipline_stats_rollup",
         "trial_reminder",
         "email_delivery",
+        "history_retention",
     }
 
 

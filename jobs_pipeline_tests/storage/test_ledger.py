@@ -8,6 +8,7 @@ from sqlalchemy import select
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.global_override_check import global_override_check_job
+from jobs_pipeline.jobs.history_retention import history_retention_job
 from jobs_pipeline.jobs.promo_cleanup import promo_cleanup_job
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
 from jobs_pipeline.storage.app_tables import promo_redemptions, users
@@ -22,7 +23,7 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
 )
 from jobs_pipeline_tests.support.journal_data import make_journals
-from jobs_pipeline_tests.support.running import run_job
+from jobs_pipeline_tests.support.running import job_result, run_job
 
 
 def ledger_rows(engine, run_id: str) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ def test_dry_runs_and_the_rollup_record_nothing(engine, db, instance):
     assert ledger_rows(engine, dry.run_id) == [] and ledger_rows(engine, rollup.run_id) == []
 
 
-def test_the_ledger_keeps_its_rows_for_its_retention_then_promo_cleanup_removes_them(
+def test_the_ledger_keeps_its_rows_for_its_retention_then_history_retention_removes_them(
     engine, db, instance
 ):
     from sqlalchemy import update
@@ -134,11 +135,17 @@ def test_the_ledger_keeps_its_rows_for_its_retention_then_promo_cleanup_removes_
             .where(change_ledger.c.run_id == cleared.run_id)
             .values(changed_at=change_ledger.c.changed_at - timedelta(days=60))
         )
-    run_job(promo_cleanup_job, db, instance)  # 90 days by default: kept
+    run_job(history_retention_job, db, instance)  # 90 days by default: kept
     assert len(ledger_rows(engine, cleared.run_id)) == 1
+    dry = run_job(history_retention_job, db, instance, dry_run=True, ledger_retention_days=45)
+    assert job_result(dry)["wouldDeleteLedgerRows"] == 1
+    assert len(ledger_rows(engine, cleared.run_id)) == 1  # a dry run deletes nothing
 
-    run_job(promo_cleanup_job, db, instance, ledger_retention_days=45)
+    deleted = run_job(history_retention_job, db, instance, ledger_retention_days=45)
 
+    assert job_result(deleted)["ledgerRowsDeleted"] == 1
     assert ledger_rows(engine, cleared.run_id) == []
-    refused = run_job(promo_cleanup_job, db, instance, ledger_retention_days=10)
+    again = run_job(history_retention_job, db, instance, ledger_retention_days=45)
+    assert job_result(again)["ledgerRowsDeleted"] == 0
+    refused = run_job(history_retention_job, db, instance, ledger_retention_days=10)
     assert not refused.success  # shorter than the 30-day undo window
