@@ -234,7 +234,7 @@ def test_a_run_through_the_api_is_in_the_history_with_who_triggered_it(api, monk
     assert jobs["tier-expiration"]["last_run"]["status"] == "SUCCESS"
     assert jobs["tier-expiration"]["last_run"]["dry_run"] is False
     assert jobs["tier-expiration"]["priority"] == "high"
-    assert len(jobs) == 6
+    assert len(jobs) == 7
 
 
 def test_a_dry_run_through_the_api_changes_nothing(api):
