@@ -470,8 +470,12 @@ def test_prometheus_fires_daemon_down_once_the_daemon_is_killed(daemon_down):
         assert alert["labels"]["severity"] == "critical"
         assert alert["labels"]["job"] == "jobs-pipeline"
         assert "Start `dagster-daemon run`" in alert["annotations"]["description"]
-    # Not before the rule's 5 minutes: the heartbeat was up to 30 s old at the kill.
-    assert daemon_down["fired after seconds"] > 300 - 35, daemon_down["fired after seconds"]
+    # Not before the rule's 5 minutes: the oldest heartbeat's age at the kill (as last
+    # scraped, up to a 5 s scrape and a 1 s evaluation stale) and the wait after it make 5
+    # minutes at least. A busy machine makes the daemon beat late: measured from the kill
+    # alone, the wait would be shorter.
+    age_at_kill = daemon_down["oldest heartbeat age at the kill"]
+    assert daemon_down["fired after seconds"] + age_at_kill > 300 - 6, daemon_down
     assert [series["value"][1] for series in daemon_down["storage up"]] == ["1"]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
+from jobs_pipeline_tests.support.deadlines import deadline
+
 CHROMIUM = Path("/usr/bin/chromium")
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps
 # knocking on this machine's closed network. Playwright gives it a fresh profile of its own.
@@ -20,6 +22,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
+# How long an `expect` waits for the UI to show what it should: Playwright's own 5 s is a
+# moment on a machine the suite keeps busy.
+EXPECT_DEADLINE_MS = deadline(30) * 1000
 
 
 @contextmanager
@@ -30,6 +35,7 @@ def chromium() -> Iterator[Browser]:
             " no browser here). Install it with `sudo apt-get install -y chromium`"
             " (.ci/run does this on CI), then run the tests again."
         )
+    expect.set_options(timeout=EXPECT_DEADLINE_MS)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

@@ -16,6 +16,7 @@ leftovers guard looks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -192,6 +193,9 @@ def observe_deployment(folder: Path, app_url: str, dagster_url: str) -> dict[str
 
         deployment.kill("daemon")
         killed_at = time.time()
+        # How old the oldest heartbeat was then, as Prometheus last scraped it (up to one
+        # scrape stale): the rule fires once that age passes 5 minutes, not 5 minutes on.
+        ages = prometheus.query("max(jobs_pipeline_daemon_heartbeat_age_seconds)")
 
         firing = wait_for(
             deployment,
@@ -205,6 +209,7 @@ def observe_deployment(folder: Path, app_url: str, dagster_url: str) -> dict[str
             "firing before": firing_before,
             "firing after": firing,
             "fired after seconds": time.time() - killed_at,
+            "oldest heartbeat age at the kill": float(ages[0]["value"][1]) if ages else 0.0,
             "storage up": prometheus.query('jobs_pipeline_source_up{source="dagster_storage"}'),
         }
 
@@ -234,13 +239,27 @@ def main(result: Path, folder: Path) -> int:
 
 @dataclass
 class Scenario:
-    process: subprocess.Popen[bytes]
-    result: Path
-    log: Path
-    started: float
+    """The scenario's process (None in a worker of a parallel run: its controller started
+    it) and the folder it writes into.
+    """
+
+    process: subprocess.Popen[bytes] | None
+    folder: Path
+
+    @property
+    def result(self) -> Path:
+        return self.folder / "result.json"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "scenario.log"
+
+    def started(self) -> float:
+        """When it started (seconds since the epoch), written by whoever started it."""
+        return float((self.folder / "started").read_text())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=STOP_DEADLINE_S)
@@ -248,14 +267,31 @@ class Scenario:
                 self.process.kill()
                 self.process.wait()
 
+    def wait(self) -> bool:
+        """Waits for its result until the scenario's deadline; whether it came."""
+        give_up = self.started() + SCENARIO_DEADLINE_S
+        while time.time() < give_up:
+            if self.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=1)
+                if self.process.poll() is not None:
+                    return self.result.exists()
+            elif self.result.exists():
+                return True
+            else:
+                time.sleep(1)
+        return self.result.exists()
+
 
 SCENARIO = pytest.StashKey[Scenario]()
+FOLDER_KEY = "jobs_pipeline_daemon_down_folder"
 
 
-def start_scenario(config: pytest.Config) -> Scenario:
-    folder = Path(tempfile.mkdtemp(prefix="jp-daemon-down-"))
-    log = folder / "scenario.log"
-    with log.open("wb") as output:
+def start_scenario(config: pytest.Config, folder: Path | None = None) -> Scenario:
+    folder = folder or Path(tempfile.mkdtemp(prefix="jp-daemon-down-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "started").write_text(str(time.time()))
+    with (folder / "scenario.log").open("wb") as output:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -269,19 +305,43 @@ def start_scenario(config: pytest.Config) -> Scenario:
             stdin=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parents[2],
         )
-    scenario = Scenario(process, folder / "result.json", log, time.monotonic())
+    scenario = Scenario(process, folder)
     config.stash[SCENARIO] = scenario
     return scenario
 
 
+def in_worker(config: pytest.Config) -> bool:
+    return getattr(config, "workerinput", None) is not None
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Starts the scenario as soon as its test is known to run, so its wait overlaps the
-    tests before it.
+    tests before it. In a parallel run the controller starts it (below), once.
     """
-    if session.config.option.collectonly:
+    if session.config.option.collectonly or in_worker(session.config):
         return
     if any(item.nodeid.endswith(LIVE_TEST) for item in session.items):
         start_scenario(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, in the controller: every worker learns the one scenario's folder."""
+    config = node.config
+    if FOLDER_KEY not in config.stash.get(FOLDERS, {}):
+        config.stash[FOLDERS] = {FOLDER_KEY: tempfile.mkdtemp(prefix="jp-daemon-down-")}
+    node.workerinput[FOLDER_KEY] = config.stash[FOLDERS][FOLDER_KEY]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist, in the controller: the first worker to collect the test has it started."""
+    config = node.config
+    if SCENARIO not in config.stash and any(nodeid.endswith(LIVE_TEST) for nodeid in ids):
+        start_scenario(config, Path(config.stash[FOLDERS][FOLDER_KEY]))
+
+
+FOLDERS = pytest.StashKey[dict[str, str]]()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -295,20 +355,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.fixture
 def daemon_down(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """What the scenario observed, once it is done (started here if collection did not)."""
-    scenario = request.config.stash.get(SCENARIO, None) or start_scenario(request.config)
-    remaining = SCENARIO_DEADLINE_S - (time.monotonic() - scenario.started)
-    try:
-        scenario.process.wait(timeout=max(remaining, 1))
-    except subprocess.TimeoutExpired:
+    config = request.config
+    scenario = config.stash.get(SCENARIO, None)
+    if scenario is None and in_worker(config):
+        scenario = Scenario(None, Path(config.workerinput[FOLDER_KEY]))  # type: ignore[attr-defined]
+    if scenario is None:
+        scenario = start_scenario(config)
+    if not scenario.wait():
         scenario.stop()
-        pytest.fail(f"the daemon-down scenario did not end in time:\n{tail(scenario.log)}")
-    if not scenario.result.exists():
-        pytest.fail(f"the daemon-down scenario wrote no result:\n{tail(scenario.log)}")
+        pytest.fail(f"the daemon-down scenario wrote no result in time:\n{tail(scenario.log)}")
     observed = json.loads(scenario.result.read_text())
     if "error" in observed:
         observed["error"] += f"\n--- the scenario's log ---\n{tail(scenario.log)}"
     yield observed
-    shutil.rmtree(scenario.result.parent, ignore_errors=True)
+    shutil.rmtree(scenario.folder, ignore_errors=True)
 
 
 def tail(log: Path, lines: int = 80) -> str:

@@ -35,8 +35,12 @@ class Leftover:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Names this session in the environment every process it starts inherits."""
-    os.environ[SESSION_VARIABLE] = uuid.uuid4().hex
+    """Names this session in the environment every process it starts inherits. A worker
+    of a parallel run (pytest-xdist) keeps the name its controller gave it: the controller
+    is the one that looks for leftovers, once every worker is done.
+    """
+    if getattr(config, "workerinput", None) is None or SESSION_VARIABLE not in os.environ:
+        os.environ[SESSION_VARIABLE] = uuid.uuid4().hex
 
 
 def carries(pid: int, variable: str, value: str) -> bool:
