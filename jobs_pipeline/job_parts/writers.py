@@ -11,8 +11,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import dagster as dg
+from sqlalchemy import Connection
 
 from jobs_pipeline.resources.database import AppDatabase
+from jobs_pipeline.storage.schema_migrations import ProjectSchemaOutdated, require_current_schema
 from jobs_pipeline.tags import DRY_RUN_TAG
 
 
@@ -36,3 +38,13 @@ def job_step(
         context.instance.add_run_tags(context.run_id, {DRY_RUN_TAG: "true"})
     with db.retry_on_connection_loss(), db.writer_lock([] if dry_run else writes, context.run_id):
         yield
+
+
+def require_project_schema(connection: Connection) -> None:
+    """The project's schema at this code's revision, else the run fails at once: no retry
+    can fix it, and the failure says which command does.
+    """
+    try:
+        require_current_schema(connection)
+    except ProjectSchemaOutdated as outdated:
+        raise dg.Failure(description=str(outdated), allow_retries=False) from None

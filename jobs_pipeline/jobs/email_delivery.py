@@ -25,11 +25,10 @@ from jobs_pipeline.job_parts.results import (
     ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
-from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.writers import job_step, require_project_schema, writer_pool
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.project_tables import email_outbox
-from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "email_delivery"
 OP_NAME = "deliver_emails"
@@ -187,7 +186,7 @@ def deliver_pending(
     counts = DeliveryCounts()
     now = db.now()
     with db.transaction() as connection:
-        require_current_schema(connection)
+        require_project_schema(connection)
         counts.unconfirmed = mark_abandoned_claims(
             connection, now, timedelta(minutes=config.claim_grace_minutes)
         )
@@ -249,7 +248,7 @@ def deliver_emails(
         if config.dry_run:
             now = db.now()
             with db.transaction() as connection:
-                require_current_schema(connection)
+                require_project_schema(connection)
                 due = count_due(connection, now)
             report.info(f"Would send {due} due emails")
             return report.result(EmailDeliveryDryRun(would_send=due, timestamp=iso_utc(now)))

@@ -24,11 +24,10 @@ from jobs_pipeline.job_parts.results import (
     ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
-from jobs_pipeline.job_parts.writers import job_step
+from jobs_pipeline.job_parts.writers import job_step, require_project_schema
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.ledger import DEFAULT_RETENTION_DAYS, UNDO_WINDOW_DAYS
 from jobs_pipeline.storage.project_tables import change_ledger
-from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "history_retention"
 OP_NAME = "delete_old_history"
@@ -106,7 +105,7 @@ def delete_old_history(
         now = db.now()
         older_than = now - timedelta(days=config.ledger_retention_days)
         with db.transaction() as connection:
-            require_current_schema(connection)
+            require_project_schema(connection)
             old = count_old_ledger_rows(connection, older_than)
         if config.dry_run:
             report.info(f"Would delete {old} change-ledger rows older than {iso_utc(older_than)}")

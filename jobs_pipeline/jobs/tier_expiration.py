@@ -48,13 +48,12 @@ from jobs_pipeline.job_parts.results import (
     ResultJson,
 )
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
-from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.writers import job_step, require_project_schema, writer_pool
 from jobs_pipeline.resources.database import AppDatabase, is_connection_loss
 from jobs_pipeline.storage import ledger
 from jobs_pipeline.storage.app_tables import Timestamptz, users
 from jobs_pipeline.storage.ledger import RunIdentity
 from jobs_pipeline.storage.project_tables import email_outbox
-from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "tier_expiration"
 OP_NAME = "downgrade_expired_tiers"
@@ -373,7 +372,7 @@ def expire_tiers(
     now = as_of if as_of is not None else db.now()
     with db.transaction() as connection:
         if not config.dry_run:
-            require_current_schema(connection)  # the downgrade queues an email there
+            require_project_schema(connection)  # the downgrade queues an email there
         found = count_expired(connection, now)
         paying = count_paying(connection)
     report.info(f"Found {found} users with expired tiers")

@@ -19,13 +19,12 @@ from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.guard import AsOfConfig, requested_as_of
 from jobs_pipeline.job_parts.results import DryRunResult, JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags, utc_schedule
-from jobs_pipeline.job_parts.writers import job_step, writer_pool
+from jobs_pipeline.job_parts.writers import job_step, require_project_schema, writer_pool
 from jobs_pipeline.jobs.email_delivery import DeliveryConfig, deliver_pending
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.resources.mail import Mailer
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import email_outbox
-from jobs_pipeline.storage.schema_migrations import require_current_schema
 
 JOB_NAME = "trial_reminder"
 OP_NAME = "send_trial_reminders"
@@ -142,7 +141,7 @@ def send_trial_reminders(
     with job_step(context, db, writes=(), dry_run=config.dry_run):
         now = as_of if as_of is not None else db.now()
         with db.transaction() as connection:
-            require_current_schema(connection)
+            require_project_schema(connection)
             if config.dry_run:
                 three_days, one_day = count_unqueued(connection, now)
             else:

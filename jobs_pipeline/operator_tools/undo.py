@@ -22,12 +22,11 @@ from sqlalchemy import Connection, Table, select, text
 from jobs_pipeline.formats import display_name, iso_utc
 from jobs_pipeline.job_parts.results import LOG_LINE_CAP, JobReport, JobResult, ResultJson
 from jobs_pipeline.job_parts.scheduling import job_tags
-from jobs_pipeline.job_parts.writers import job_step
+from jobs_pipeline.job_parts.writers import job_step, require_project_schema
 from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import app_metadata
 from jobs_pipeline.storage.ledger import UNDO_WINDOW_DAYS
 from jobs_pipeline.storage.project_tables import change_ledger
-from jobs_pipeline.storage.schema_migrations import require_current_schema
 from jobs_pipeline.tags import TOOL_TAG
 
 JOB_NAME = "undo_run"
@@ -237,7 +236,7 @@ def undo_changes(
     run wrote; rows changed since are left alone and listed.
     """
     with db.transaction() as connection:
-        require_current_schema(connection)
+        require_project_schema(connection)
         tables = sorted(kinds_of_change(connection, config.run_id))
     # The same writer locks as the jobs whose rows it puts back.
     with job_step(context, db, writes=tables, dry_run=config.dry_run):
@@ -252,7 +251,7 @@ def undo_recorded_changes(
     with db.engine.connect() as connection:
         transaction = connection.begin()
         try:
-            require_current_schema(connection)
+            require_project_schema(connection)
             changes = recorded_changes(connection, config.run_id)
             check_undoable(config, changes, now)
             restored = undo(connection, UndoOf(config.run_id, context.run_id))

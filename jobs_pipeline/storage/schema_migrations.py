@@ -6,7 +6,6 @@ before they write, and fail with the command to run when it is not.
 
 from pathlib import Path
 
-import dagster as dg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -18,17 +17,10 @@ from jobs_pipeline.storage.project_tables import PROJECT_SCHEMA
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class ProjectSchemaOutdated(dg.Failure):
-    """The database's `jobs_pipeline` schema is missing or behind the code: a run
-    fails at once (no retry can fix it) and says which command fixes it.
+class ProjectSchemaOutdated(Exception):
+    """The database's `jobs_pipeline` schema is missing or behind the code; the message
+    says which command fixes it.
     """
-
-    def __init__(self, message: str):
-        super().__init__(description=message, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def alembic_config() -> Config:

@@ -146,6 +146,11 @@ def failure_alerts(webhook: WebhookServer, run_id: str) -> list[dict[str, Any]]:
     return [post for post in webhook.posts if post["run_id"] == run_id and post["kind"] == "failed"]
 
 
+# `doctor` is a whole command (Dagster imported, the instance read): asked this often, not
+# back to back, it leaves the machine to the deployment it watches.
+DOCTOR_POLL_S = 3
+
+
 def doctor(deployment: Deployment) -> tuple[int, str]:
     done = run_cli("doctor", env=deployment.code_environment, cwd=deployment.folder)
     return done.returncode, done.stdout + done.stderr
@@ -162,7 +167,9 @@ def wait_for_doctor_clean(deployment: Deployment) -> str:
         status, report = doctor(deployment)
         return report if status == 0 else None
 
-    return wait_until(deployment, "doctor reported a healthy deployment", clean, ALERT_DEADLINE_S)
+    return wait_for(
+        deployment, "doctor reported a healthy deployment", clean, ALERT_DEADLINE_S, DOCTOR_POLL_S
+    )
 
 
 def recovered(
@@ -171,11 +178,12 @@ def recovered(
     """Waits for doctor to name the dead run, then for the next run to succeed within the
     3 minutes since the fault; returns doctor's report and the dead run (ended FAILURE).
     """
-    report = wait_until(
+    report = wait_for(
         deployment,
         "doctor named the dead run",
         lambda: doctor_names(deployment, dead_id),
         START_DEADLINE_S,
+        DOCTOR_POLL_S,
     )
     finished = wait_for_status(
         deployment,
@@ -427,11 +435,12 @@ def test_a_run_queued_behind_a_held_slot_alerts_once_naming_the_pool_and_its_hol
         lambda: waiting_alerts(webhook_server),
         ALERT_DEADLINE_S,
     )
-    report = wait_until(
+    report = wait_for(
         deployment,
         "doctor named the waiting run",
         lambda: doctor_names(deployment, waiting_id),
         START_DEADLINE_S,
+        DOCTOR_POLL_S,
     )
     alerted_at = time.time()
     wait_until(

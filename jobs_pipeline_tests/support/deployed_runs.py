@@ -164,6 +164,14 @@ query Run($runId: ID!) {
 }
 """
 
+# Only the status: what a wait polls, cheap for the webserver to answer however many
+# events the run has.
+RUN_STATUS = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status } }
+}
+"""
+
 RUNS = """
 query Runs($filter: RunsFilter) {
   runsOrError(filter: $filter) {
@@ -288,27 +296,36 @@ def runs_where(
     return answer["results"]
 
 
-def wait_for(deployment: Deployment, what: str, found: Callable[[], Any], deadline_s: float) -> Any:
-    """Polls `found()` until it returns something truthy, which it returns; fails with the
-    processes' logs at the deadline.
+def wait_for(
+    deployment: Deployment,
+    what: str,
+    found: Callable[[], Any],
+    deadline_s: float,
+    interval_s: float = 0.5,
+) -> Any:
+    """Polls `found()` every `interval_s` until it returns something truthy, which it
+    returns; fails with the processes' logs at the deadline.
     """
     give_up = time.monotonic() + deadline(deadline_s)
     while time.monotonic() < give_up:
         value = found()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(interval_s)
     pytest.fail(f"not {what} within {deadline_s:.0f} s:\n{deployment.process_logs()}")
 
 
 def wait_for_status(
     deployment: Deployment, run_id: str, statuses: tuple[str, ...], deadline_s: float
 ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        run = run_record(deployment, run_id)
-        return run if run["status"] in statuses else None
+    """The run's record (its tags and events) once its status is one of `statuses`."""
 
-    return wait_for(deployment, f"run {run_id} {'/'.join(statuses)}", reached, deadline_s)
+    def reached() -> bool:
+        run = deployment.graphql(RUN_STATUS, runId=run_id)["runOrError"]
+        return run.get("status") in statuses
+
+    wait_for(deployment, f"run {run_id} {'/'.join(statuses)}", reached, deadline_s)
+    return run_record(deployment, run_id)
 
 
 def wait_for_end(deployment: Deployment, run_id: str) -> dict[str, Any]:

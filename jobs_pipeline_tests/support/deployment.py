@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs_pipeline.dagster_private import code_server_load_error
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
@@ -68,10 +69,6 @@ def webserver_argv(workspace: Path, port: int) -> list[str]:
 
 def daemon_argv(workspace: Path) -> list[str]:
     return [str(DAGSTER_DAEMON), "run", "-w", str(workspace)]
-
-
-def health_check_argv(port: int) -> list[str]:
-    return [str(DAGSTER), "api", "grpc-health-check", "-p", str(port)]
 
 
 @dataclass
@@ -242,13 +239,13 @@ class Deployment:
         raise AssertionError(f"not {what} within {deadline_s:.0f} s:\n{self.process_logs()}")
 
     def code_server_healthy(self) -> bool:
-        check = subprocess.run(
-            health_check_argv(self.code_server_port),
-            env=self.dagster_environment,
-            capture_output=True,
-            timeout=COMMAND_DEADLINE_S,
-        )
-        return check.returncode == 0
+        """The code server answers, its code loaded: asked over gRPC from this process
+        (a `dagster api grpc-health-check` process a poll would import Dagster each time).
+        """
+        try:
+            return code_server_load_error(HOST, self.code_server_port) is None
+        except Exception:  # not answering yet
+            return False
 
     def location_loaded(self) -> bool:
         if not answers_200(f"{self.webserver_url}/server_info"):
