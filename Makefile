@@ -6,13 +6,21 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # The UI's port for `make dev` (e.g. `make dev PORT=3100`).
 PORT ?= 3000
+# Workers for the whole suite: most tests wait on the processes they start (servers,
+# runs, a browser), so more workers than this machine's 2 cores keep both busy. Tests
+# of one file share a worker (their deployment or browser is the file's).
+TEST_WORKERS ?= 3
+# What `make test-fast` leaves out: tests that need a database, a process of their own,
+# a browser or a deployment.
+FAST := not database and not processes and not browser and not deployment and not slow
 
-.PHONY: dev test test-under-load lint install clean
+.PHONY: dev test test-fast test-under-load lint format install constraints clean
 
-$(INSTALLED): pyproject.toml
+# uv installs the pinned set (constraints.txt) in seconds where pip takes minutes.
+$(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet uv==0.13.9
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(INSTALLED)
@@ -27,14 +35,34 @@ lint: $(INSTALLED)
 	$(BIN)/vulture
 	$(BIN)/lint-imports
 
+format: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Every test that needs no database, no process, no browser and no deployment: the
+# loop to run while changing the code (well under a minute).
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -m "$(FAST)"
 
 # The suite with both cores held busy by two loops beside it, as on a shared CI machine:
 # every wait is for a condition, so it must pass all the same, only slower.
 test-under-load: lint
 	@busy() { while :; do :; done; }; busy & one=$$!; busy & two=$$!; \
-	trap 'kill $$one $$two' EXIT INT TERM; $(BIN)/pytest
+	trap 'kill $$one $$two' EXIT INT TERM; $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The pinned set, refreshed from pyproject.toml's ranges in a virtualenv of its own.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet uv==0.13.9
+	.venv-constraints/bin/uv pip install --quiet --python .venv-constraints/bin/python -e '.[dev]'
+	{ echo "# Every package the project and its tools install, pinned: make constraints"; \
+	  .venv-constraints/bin/uv pip freeze --python .venv-constraints/bin/python \
+	  --exclude-editable; } > constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) .jobs-pipeline

@@ -94,3 +94,22 @@ def instance() -> Iterator[dg.DagsterInstance]:
 @pytest.fixture
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+LONG_MARKS = {"slow", "deployment", "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reaches a PostgreSQL (the session's, or its own) is marked `database`, so
+    the fast loop (`make test-fast`: no database, no process, no browser) leaves it out.
+
+    The files holding a long test go first (in their own order otherwise): run on several
+    workers (`make test`), the long ones start at once instead of ending the run alone.
+    """
+    for item in items:
+        if {"postgres", "own_postgres"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.database)
+    long_files = {
+        item.path for item in items if LONG_MARKS & {mark.name for mark in item.iter_markers()}
+    }
+    items.sort(key=lambda item: item.path not in long_files)

@@ -83,6 +83,7 @@ def run_failures(job: dg.JobDefinition) -> list[bool]:
     ]
 
 
+@pytest.mark.processes
 def test_an_interrupted_run_is_told_from_one_whose_code_failed():
     assert run_failures(interrupted_job) == [True]
     assert run_failures(failing_job) == [False]
@@ -136,6 +137,7 @@ def test_a_state_id_the_ui_sends_gives_its_instigators_origin_id():
     assert dagster_private.instigator_origin_id("3f2a9c") == "3f2a9c"
 
 
+@pytest.mark.processes
 def test_a_code_server_says_whether_it_loads_the_code(tmp_path):
     (tmp_path / "broken_code.py").write_text("raise ImportError('no such thing here')\n")
     good, broken = free_port(), free_port()

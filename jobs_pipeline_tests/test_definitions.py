@@ -76,6 +76,7 @@ def test_a_schedule_tick_requests_a_run_of_its_job(job_name, instance):
     assert request.job_name in (None, job_name)
 
 
+@pytest.mark.processes
 def test_loading_the_definitions_needs_no_database():
     """No side effects at import: loading `defs` with no DATABASE_URL must work."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}

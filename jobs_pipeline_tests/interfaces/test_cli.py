@@ -28,6 +28,9 @@ from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, cli_environment
 from jobs_pipeline_tests.support.processes import run_cli as jobs_pipeline
 from jobs_pipeline_tests.support.running import result_of_run
 
+# The installed command, run as an operator runs it.
+pytestmark = pytest.mark.processes
+
 SCHEDULES = {
     "tier-expiration": "15 0 * * *",
     "global-override-check": "0 * * * *",
