@@ -268,9 +268,14 @@ def test_a_code_server_group_killed_mid_rollup_fails_the_run_and_the_next_one_wr
 
     deployment.kill("code-server")  # the server, its gRPC child and the run's worker
     killed_at = time.monotonic()
+    killed_epoch = time.time()
     open_gate(engine)
     deployment.restart("code-server")  # as a service manager would
     deployment.wait_until("the code server answered again", deployment.code_server_healthy)
+    deployment.wait_until(
+        "the webserver loaded the restarted code server's jobs",
+        lambda: deployment.location_loaded(since=killed_epoch),
+    )
     next_id = launch(deployment, ROLLUP_JOB, tags=ALL_SHARDS_TAGS)
 
     report, dead = recovered(deployment, dead_id, next_id, killed_at)

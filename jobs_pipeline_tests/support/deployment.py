@@ -247,13 +247,18 @@ class Deployment:
         except Exception:  # not answering yet
             return False
 
-    def location_loaded(self) -> bool:
+    def location_loaded(self, since: float = 0.0) -> bool:
+        """The webserver holds the code location, loaded after `since` (epoch seconds):
+        after a code server restarts, the webserver keeps its old view until it notices
+        the new server and loads the code again, and a launch before that finds no job.
+        """
         if not answers_200(f"{self.webserver_url}/server_info"):
             return False
         entries = self.graphql(WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
         return any(
             entry["name"] == LOCATION_NAME
             and entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            and entry["updatedTimestamp"] > since
             for entry in entries
         )
 
@@ -275,7 +280,7 @@ class Deployment:
 
 WORKSPACE_QUERY = """
 { workspaceOrError { ... on Workspace {
-    locationEntries { name locationOrLoadError { __typename } }
+    locationEntries { name updatedTimestamp locationOrLoadError { __typename } }
 } } }
 """
 
