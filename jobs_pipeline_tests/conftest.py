@@ -21,7 +21,7 @@ from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_post
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.schema_migrations import upgrade
 from jobs_pipeline_tests.support.dev_server import stop_orphaned_postgres
-from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection
+from jobs_pipeline_tests.support.postgres import TEMPLATE, admin_connection, make_throwaway
 from jobs_pipeline_tests.support.running import temporary_instance
 
 pytest_plugins = [
@@ -42,6 +42,7 @@ def postgres() -> Iterator[EmbeddedPostgres]:
     # several sessions run at once. A short path, too: the unix socket lives in it.
     folder = Path(tempfile.mkdtemp(prefix="jp-pg-"))
     server = start_embedded_postgres(folder / "data", cleanup_mode="delete")
+    make_throwaway(server)
     server.ensure_database(TEMPLATE)
     engine = create_app_engine(server.url(TEMPLATE))
     create_app_schema(engine)
