@@ -110,7 +110,9 @@ def api(postgres, tmp_path_factory) -> Iterator[Api]:
     url, engine = databases.app_url, databases.engine
     try:
         with running_deployment(folder, url, databases.dagster_url) as deployment:
-            base = start_api(deployment, "admin-api")
+            # A run answered 200 must end within the API's wait, which on a loaded
+            # machine takes longer than the default 30 s.
+            base = start_api(deployment, "admin-api", "--wait-seconds", f"{deadline(120):.0f}")
             env = deployment.code_environment
             yield Api(
                 base,

@@ -105,7 +105,11 @@ def test_a_run_over_its_max_runtime_is_stopped_and_fails(engine, app_db_url, tmp
             run_config={"ops": {OP_NAME: {"config": {"batch_size": 1}}}},
         )
 
-        assert wait_for_run(client, run_id, dev) == "FAILURE", tail(dev.log)
+        # The daemon marks the run CANCELING, signals it, then records its failure. A worker
+        # that reads CANCELING before that record lands ends the run CANCELED after it
+        # (Dagster's own race); the failure event, which the failure alert reads, is there
+        # either way.
+        assert wait_for_run(client, run_id, dev) in ("FAILURE", "CANCELED"), tail(dev.log)
 
         run = graphql(dev, RUN_EVENTS, runId=run_id)["runOrError"]
         assert run["__typename"] == "Run", run

@@ -183,6 +183,18 @@ class Deployment:
         for process in self.processes.values():
             kill_groups(process.groups, signal.SIGKILL)
 
+    @contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """The process's group stopped (SIGSTOP) for the block and continued after it: a
+        process that is there but does nothing, as a hung or overloaded one would.
+        """
+        process = self.processes[name]
+        kill_groups({process.popen.pid}, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            kill_groups({process.popen.pid}, signal.SIGCONT)
+
     def kill_daemon(self) -> None:
         self.kill("daemon")
 
