@@ -17,7 +17,13 @@ from pathlib import Path
 import psycopg
 from psycopg import errors
 
-LOCK_TIMEOUT = "2s"
+from jobs_pipeline_tests.support.deadlines import deadline
+
+# Longer than any of the jobs' short transactions takes even on a starved machine, far
+# shorter than a wait on a lock held for good: a timeout here is a job holding rows too
+# long. How long the app did wait is a figure of the test (build/reliability/live_app.json),
+# not a bound on it.
+LOCK_TIMEOUT = f"{deadline(30):.0f}s"
 
 
 def main(url: str, stop_file: Path, result_file: Path, started_file: Path) -> None:
