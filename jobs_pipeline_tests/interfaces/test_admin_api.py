@@ -28,6 +28,11 @@ from jobs_pipeline_tests.support.processes import JOBS_PIPELINE, free_port, tail
 
 pytestmark = pytest.mark.deployment
 
+# How long the module's API waits for a run before answering 202: a run answered 200 must
+# end within it, which on a loaded machine takes longer than the default 30 s. A request
+# waits for the answer longer still.
+API_WAIT_S = deadline(120)
+
 
 @dataclass
 class Api:
@@ -79,7 +84,7 @@ def call(
     if body is not None:
         request.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=API_WAIT_S + 60) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
@@ -110,9 +115,7 @@ def api(postgres, tmp_path_factory) -> Iterator[Api]:
     url, engine = databases.app_url, databases.engine
     try:
         with running_deployment(folder, url, databases.dagster_url) as deployment:
-            # A run answered 200 must end within the API's wait, which on a loaded
-            # machine takes longer than the default 30 s.
-            base = start_api(deployment, "admin-api", "--wait-seconds", f"{deadline(120):.0f}")
+            base = start_api(deployment, "admin-api", "--wait-seconds", f"{API_WAIT_S:.0f}")
             env = deployment.code_environment
             yield Api(
                 base,
