@@ -182,26 +182,23 @@ query RunStart($runId: ID!) {
 
 
 def doctor_names_the_dead_run(deployment: Deployment, dead_id: str) -> str:
-    """doctor's report naming the dead run, read while the daemon is paused.
+    """doctor's report naming the dead run; called with the daemon paused since the fault.
 
     With the daemon running, Dagster fails a dead run within seconds and frees its slot
     15 s later: a state doctor, a whole command, reads or misses by chance. Paused, the
     daemon acts on nothing, as when it is down, hung or starved: the run stays STARTED
     with its worker gone, which doctor reports once the run is past its grace.
     """
-    with deployment.paused("daemon"):
-        started = deployment.graphql(RUN_START, runId=dead_id)["runOrError"]["startTime"]
-        past_grace = started + RECHECK_GRACE_SECONDS
-        wait_until(
-            deployment, "the dead run past doctor's grace", lambda: time.time() > past_grace, 60
-        )
-        return wait_for(
-            deployment,
-            "doctor named the dead run",
-            lambda: doctor_names(deployment, dead_id),
-            START_DEADLINE_S,
-            DOCTOR_POLL_S,
-        )
+    started = deployment.graphql(RUN_START, runId=dead_id)["runOrError"]["startTime"]
+    past_grace = started + RECHECK_GRACE_SECONDS
+    wait_until(deployment, "the dead run past doctor's grace", lambda: time.time() > past_grace, 60)
+    return wait_for(
+        deployment,
+        "doctor named the dead run",
+        lambda: doctor_names(deployment, dead_id),
+        START_DEADLINE_S,
+        DOCTOR_POLL_S,
+    )
 
 
 def recovered(deployment: Deployment, dead_id: str, next_id: str) -> dict[str, Any]:
@@ -250,12 +247,12 @@ def test_a_killed_step_process_frees_its_table_and_the_next_run_finishes_the_wor
         START_DEADLINE_S,
     )
 
-    os.kill(pid, signal.SIGKILL)
-    # The killed process's session finishes the statement it was in, then rolls it back.
-    open_gate(engine)
-    next_id = launch(deployment, EXPIRATION_JOB, batch_size=BATCH)
-
-    report = doctor_names_the_dead_run(deployment, dead_id)
+    with deployment.paused("daemon"):
+        os.kill(pid, signal.SIGKILL)
+        # The killed process's session finishes the statement it was in, then rolls it back.
+        open_gate(engine)
+        next_id = launch(deployment, EXPIRATION_JOB, batch_size=BATCH)
+        report = doctor_names_the_dead_run(deployment, dead_id)
     recovered(deployment, dead_id, next_id)
     assert each_user_changed_once(engine) == EACH_USER_ONCE
     assert still_paying(engine) == 0
@@ -284,18 +281,18 @@ def test_a_code_server_group_killed_mid_rollup_fails_the_run_and_the_next_one_wr
         START_DEADLINE_S,
     )
 
-    deployment.kill("code-server")  # the server, its gRPC child and the run's worker
-    killed_epoch = time.time()
-    open_gate(engine)
-    deployment.restart("code-server")  # as a service manager would
-    deployment.wait_until("the code server answered again", deployment.code_server_healthy)
-    deployment.wait_until(
-        "the webserver loaded the restarted code server's jobs",
-        lambda: deployment.location_loaded(since=killed_epoch),
-    )
-    next_id = launch(deployment, ROLLUP_JOB, tags=ALL_SHARDS_TAGS)
-
-    report = doctor_names_the_dead_run(deployment, dead_id)
+    with deployment.paused("daemon"):
+        deployment.kill("code-server")  # the server, its gRPC child and the run's worker
+        killed_epoch = time.time()
+        open_gate(engine)
+        deployment.restart("code-server")  # as a service manager would
+        deployment.wait_until("the code server answered again", deployment.code_server_healthy)
+        deployment.wait_until(
+            "the webserver loaded the restarted code server's jobs",
+            lambda: deployment.location_loaded(since=killed_epoch),
+        )
+        next_id = launch(deployment, ROLLUP_JOB, tags=ALL_SHARDS_TAGS)
+        report = doctor_names_the_dead_run(deployment, dead_id)
     dead = recovered(deployment, dead_id, next_id)
     assert "worker process is gone" in failure_reason(dead), failure_reason(dead)
     assert as_records(stored_stats(engine)) == as_records(expected_stats(engine))
