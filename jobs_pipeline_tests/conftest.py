@@ -30,6 +30,7 @@ pytest_plugins = [
     "jobs_pipeline_tests.support.leftovers",
     "jobs_pipeline_tests.support.deployed_runs",
     "jobs_pipeline_tests.support.daemon_down",
+    "jobs_pipeline_tests.support.signals",
 ]
 
 _database_numbers = itertools.count()

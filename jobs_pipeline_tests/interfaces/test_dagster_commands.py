@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 COMMAND_DEADLINE_S = 180
-STARTUP_DEADLINE_S = 120
+STARTUP_DEADLINE_S = 300
 STOP_DEADLINE_S = deadline(60)
 
 JOBS = sorted(job.name for job in defs.resolve_all_job_defs())

@@ -1,12 +1,12 @@
 import json
 import threading
-import time
 from datetime import timedelta
 
 import dagster as dg
 from sqlalchemy import select, text, update
 
 from jobs_pipeline.jobs.tier_expiration import tier_expiration_job
+from jobs_pipeline.resources.database import AppDatabase
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline_tests.support.app_data import (
     add_expired_user,
@@ -15,7 +15,11 @@ from jobs_pipeline_tests.support.app_data import (
     table_rows,
     user_row,
 )
+from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.running import failure_message, job_result, log_messages, run_job
+
+# How long the app holds a row while a run goes on beside it.
+LOCK_HELD_S = 120
 
 
 def test_downgrades_only_expired_paid_users(engine, db, instance):
@@ -125,23 +129,36 @@ def test_a_row_the_app_holds_locked_is_skipped_then_taken_by_the_next_run(engine
     with engine.begin() as c:
         held = add_expired_user(c, now)
         free_to_go = add_expired_user(c, now)
+    # A lock timeout longer than the test waits: a run that waited on the app's row would
+    # still be waiting when the test gives up, so finishing at all shows it skipped the row.
+    patient = AppDatabase(
+        url=db.url,
+        retry_delay_seconds=db.retry_delay_seconds,
+        max_retries=db.max_retries,
+        lock_timeout_ms=int(deadline(LOCK_HELD_S * 2) * 1000),
+    )
+    finished: list[dg.ExecuteInProcessResult] = []
 
     app = engine.connect()
     transaction = app.begin()
     app.execute(select(users.c.id).where(users.c.id == held).with_for_update())
     try:
-        started = time.monotonic()
-        execution = run_job(tier_expiration_job, db, instance)
-        elapsed = time.monotonic() - started
+        running = threading.Thread(
+            target=lambda: finished.append(run_job(tier_expiration_job, patient, instance))
+        )
+        running.start()
+        running.join(timeout=deadline(LOCK_HELD_S))
+        finished_while_held = not running.is_alive()
     finally:
         transaction.rollback()
         app.close()
+        running.join()
 
+    assert finished_while_held, "the run waited on the row the app held locked"
+    (execution,) = finished
     assert execution.success
     result = job_result(execution)
     assert (result["processed"], result["skipped"]) == (1, 1)
-    # It did not wait on the lock (the lock timeout alone is 2 s).
-    assert elapsed < 2
     assert user_row(engine, held)["tier"] == "premium"
     assert user_row(engine, free_to_go)["tier"] == "free"
     assert any(
