@@ -12,7 +12,7 @@ PORT ?= 3000
 TEST_WORKERS ?= 3
 # What `make test-fast` leaves out: tests that need a database, a process of their own,
 # a browser or a deployment.
-FAST := not database and not processes and not browser and not deployment and not slow and not container
+FAST := not database and not processes and not browser and not deployment and not slow and not container and not fleet
 # Where the container tests' Docker daemon keeps its socket (jobs_pipeline_tests/support/docker_host.py).
 DOCKER_SOCKET := unix:///var/lib/jobs-pipeline-docker/docker.sock
 

@@ -37,6 +37,8 @@ depends_on
 
 # Dagster loads the run launcher named in dagster.yaml and calls its hooks.
 WorkerCheckingRunLauncher
+ContainerRunLauncher
+FleetRunLauncher
 _.from_config_value
 _.supports_check_run_worker_health
 _.check_run_worker_health

@@ -128,6 +128,13 @@ def worker_health(running: bool, message: str) -> CheckRunHealthResult:
     return CheckRunHealthResult(WorkerStatus.RUNNING if running else WorkerStatus.FAILED, message)
 
 
+def worker_health_settled(answer: CheckRunHealthResult) -> bool:
+    """Whether a launcher's own health answer ends the question: its worker succeeded,
+    failed or is known to be gone; anything else (running, unknown) may hide a dead worker.
+    """
+    return answer.status in (WorkerStatus.SUCCESS, WorkerStatus.FAILED, WorkerStatus.NOT_FOUND)
+
+
 def code_server_load_error(host: str, port: int) -> str | None:
     """None when the code server at host:port lists its repository; else the first line of
     its load error. Raises when it does not answer. These are the calls Dagster's own

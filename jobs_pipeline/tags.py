@@ -7,6 +7,8 @@ renamed here, and everything that reads or writes it follows.
 """
 
 import dagster as dg
+from dagster_celery import tags as celery_tags
+from dagster_docker import docker_run_launcher
 
 from jobs_pipeline import dagster_private as private
 
@@ -26,6 +28,13 @@ MAX_RUNTIME_TAG = dg.MAX_RUNTIME_SECONDS_TAG
 WILL_RETRY_TAG = private.WILL_RETRY_TAG
 # The code server the default run launcher started the run on.
 CODE_SERVER_TAG = private.CODE_SERVER_TAG
+# The container a run executes in (runs in containers), the Celery task that executes it
+# (runs on the fleet).
+CONTAINER_TAG = docker_run_launcher.DOCKER_CONTAINER_ID_TAG
+CELERY_TASK_TAG = celery_tags.DAGSTER_CELERY_TASK_ID_TAG
+# A run carrying one of these was handed to a worker of its own, which holds the run's
+# sign of life (`jobs_pipeline/runs/workers.py`); any other executed in a command's process.
+RUN_WORKER_TAGS = (CODE_SERVER_TAG, CONTAINER_TAG, CELERY_TASK_TAG)
 
 # -- the project's -------------------------------------------------------------------------------
 

@@ -96,6 +96,22 @@ def test_a_worker_health_answer_is_dagsters_own():
     assert (failed.status.value, failed.msg) == ("FAILED", "gone")
 
 
+def test_a_launchers_answer_settles_the_question_only_when_the_worker_ended_or_is_gone():
+    from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+
+    settled = {
+        status.value: dagster_private.worker_health_settled(CheckRunHealthResult(status))
+        for status in WorkerStatus
+    }
+    assert settled == {
+        "RUNNING": False,
+        "NOT_FOUND": True,
+        "FAILED": True,
+        "SUCCESS": True,
+        "UNKNOWN": False,
+    }
+
+
 def test_the_code_server_tag_is_the_one_dagsters_launcher_writes():
     assert dagster_private.CODE_SERVER_TAG == ".dagster/grpc_info"
 

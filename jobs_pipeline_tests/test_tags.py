@@ -24,6 +24,8 @@ def test_dagsters_tags_are_the_names_dagster_writes():
         tags.MAX_RUNTIME_TAG,
         tags.WILL_RETRY_TAG,
         tags.CODE_SERVER_TAG,
+        tags.CONTAINER_TAG,
+        tags.CELERY_TASK_TAG,
     ] == [
         "dagster/schedule_name",
         "dagster/sensor_name",
@@ -35,6 +37,8 @@ def test_dagsters_tags_are_the_names_dagster_writes():
         "dagster/max_runtime",
         "dagster/will_retry",
         ".dagster/grpc_info",
+        "docker/container_id",
+        "dagster-celery/task_id",
     ]
 
 
@@ -42,7 +46,10 @@ def test_the_projects_tags_are_its_own_and_the_job_lock_is_the_instances_limit()
     own = [
         value
         for name, value in vars(tags).items()
-        if name.endswith("_TAG") and isinstance(value, str) and "dagster/" not in value
+        if name.endswith("_TAG")
+        and isinstance(value, str)
+        and value not in (tags.CONTAINER_TAG, tags.CELERY_TASK_TAG)
+        and "dagster/" not in value
     ]
     assert all(value.startswith("jobs_pipeline/") for value in own if value != tags.JOB_LOCK_TAG), (
         own

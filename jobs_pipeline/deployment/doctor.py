@@ -41,7 +41,7 @@ from jobs_pipeline.storage.app_database_setup import missing_app_tables
 from jobs_pipeline.storage.engine import create_app_engine
 from jobs_pipeline.storage.outbox import outbox_backlog
 from jobs_pipeline.storage.schema_migrations import current_revision, head_revision
-from jobs_pipeline.tags import CODE_SERVER_TAG
+from jobs_pipeline.tags import RUN_WORKER_TAGS
 
 # A daemon misses a few of its 30-second heartbeats: it is down (or its thread is stuck).
 DAEMON_STALE_SECONDS = 120
@@ -213,7 +213,7 @@ def check_started_runs(deployment: Deployment) -> Iterable[Finding]:
         r
         for r in records
         if r.dagster_run.status == dg.DagsterRunStatus.STARTED
-        and CODE_SERVER_TAG in r.dagster_run.tags
+        and any(tag in r.dagster_run.tags for tag in RUN_WORKER_TAGS)
         and r.start_time is not None
         and now - r.start_time > RECHECK_GRACE_SECONDS
     ]

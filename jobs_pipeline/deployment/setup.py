@@ -11,7 +11,6 @@ fresh storage).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import dagster as dg
 import yaml
 
 from jobs_pipeline.definitions import defs
+from jobs_pipeline.deployment.run_launchers import DEFAULT_RUNS_IN, instance_config_text
 from jobs_pipeline.runs.status import job_pools
 from jobs_pipeline.storage.app_database_setup import (
     AppTablesMissing,
@@ -32,6 +32,7 @@ from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline.storage.schema_migrations import upgrade
 
 LOCATION_NAME = "jobs_pipeline"
+
 DEFAULT_CODE_SERVER = "127.0.0.1:4000"
 POOL_LIMIT = 1  # one writer per app table
 
@@ -47,9 +48,10 @@ def set_up(
     code_server: str,
     create_app_tables: bool,
     write: Callable[[str], Any],
+    runs_in: str = DEFAULT_RUNS_IN,
 ) -> None:
     prepare_app_database(app_url, create_app_tables=create_app_tables, write=write)
-    write_instance_files(home, code_server, write)
+    write_instance_files(home, code_server, write, runs_in)
     write(f"schema jobs_pipeline: at revision {upgrade(app_url)}")
     with dg.DagsterInstance.get() as instance:
         prepare_instance(instance, write)
@@ -59,25 +61,28 @@ def set_up(
     )
 
 
-def write_instance_files(home: Path, code_server: str, write: Callable[[str], Any]) -> None:
+def write_instance_files(
+    home: Path, code_server: str, write: Callable[[str], Any], runs_in: str = DEFAULT_RUNS_IN
+) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    project_yaml = INSTANCE_CONFIG
-    instance_yaml = home / "dagster.yaml"
-    if not project_yaml.exists():
+    if not INSTANCE_CONFIG.exists():
         raise SetupRefused(
-            f"the project's deploy/dagster.yaml is not at {project_yaml}: run setup from the"
-            " project's checkout"
+            f"the project's deploy/dagster.yaml is not at {INSTANCE_CONFIG}: run setup from"
+            " the project's checkout"
         )
+    project_text = instance_config_text(runs_in)
+    instance_yaml = home / "dagster.yaml"
+    described = f"the project's dagster.yaml, runs in {runs_in}"
     if not instance_yaml.exists():
-        shutil.copyfile(project_yaml, instance_yaml)
-        write(f"{instance_yaml}: the project's dagster.yaml")
-    elif yaml.safe_load(instance_yaml.read_text()) != yaml.safe_load(project_yaml.read_text()):
+        instance_yaml.write_text(project_text)
+        write(f"{instance_yaml}: {described}")
+    elif yaml.safe_load(instance_yaml.read_text()) != yaml.safe_load(project_text):
         write(
-            f"{instance_yaml}: kept; it differs from the project's {project_yaml} (compare them:"
-            " a new version may bring new settings)"
+            f"{instance_yaml}: kept; it differs from {described} (compare them: a new version"
+            " may bring new settings, or the runs were set to execute elsewhere)"
         )
     else:
-        write(f"{instance_yaml}: the project's")
+        write(f"{instance_yaml}: {described}")
     workspace = home / "workspace.yaml"
     if workspace.exists():
         write(f"{workspace}: kept")

@@ -25,14 +25,14 @@ import contextlib
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
-from jobs_pipeline.dagster_private import worker_health
+from jobs_pipeline.dagster_private import worker_health, worker_health_settled
 from jobs_pipeline.tags import CODE_SERVER_TAG
 
 # The advisory-lock namespace of run workers' signs of life (the writer locks use 0x4A505000).
@@ -197,6 +197,59 @@ def workers_alive(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str,
         return None
 
 
+# The one setting every launcher of this project adds to its own.
+WORKER_GONE_FIELD = {
+    "worker_gone_after_seconds": dg.Field(
+        int,
+        is_required=False,
+        default_value=DEFAULT_WORKER_GONE_AFTER_SECONDS,
+        description="A run whose worker shows no sign of life this long is failed.",
+    )
+}
+
+
+class WorkerWatch:
+    """The daemon's side of the sign of life, for any run launcher: how long each STARTED
+    run's worker has shown none, and the health answer that follows. A launcher asks it
+    about the runs it cannot judge itself (a Celery task stays STARTED when its worker is
+    killed whole; a Docker daemon on a dead host does not answer).
+    """
+
+    def __init__(self, worker_gone_after_seconds: int = DEFAULT_WORKER_GONE_AFTER_SECONDS):
+        self.worker_gone_after_seconds = worker_gone_after_seconds
+        self._missing_since: dict[str, float] = {}
+
+    def after_launcher(
+        self, instance: dg.DagsterInstance, run: dg.DagsterRun, launchers_answer: Callable[[], Any]
+    ) -> Any:
+        """The launcher's own answer where it settles the question (the worker succeeded,
+        failed, is known gone); the sign of life where it cannot (running, unknown, no answer).
+        """
+        try:
+            answer = launchers_answer()
+        except Exception:
+            return self.health(instance, run)
+        return answer if worker_health_settled(answer) else self.health(instance, run)
+
+    def health(self, instance: dg.DagsterInstance, run: dg.DagsterRun) -> Any:
+        alive = workers_alive(instance, [run.run_id])
+        if alive is None or alive[run.run_id]:
+            self._missing_since.pop(run.run_id, None)
+            return worker_health(True, "its worker shows a sign of life")
+        now = time.time()
+        missing_for = now - self._missing_since.setdefault(run.run_id, now)
+        if missing_for < self.worker_gone_after_seconds:
+            return worker_health(True, f"no sign of life for {missing_for:.0f} s")
+        self._missing_since.pop(run.run_id, None)
+        return worker_health(
+            False,
+            f"The run's worker process is gone: no sign of life for over"
+            f" {self.worker_gone_after_seconds} s (it was killed, ran out of memory, or its"
+            " code server, container or host went down). Its next run does the rest of the"
+            " work.",
+        )
+
+
 class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
     """The `DefaultRunLauncher` (runs start in the code server's run workers), plus a health
     check of each run's worker for the daemon's run monitoring.
@@ -208,19 +261,11 @@ class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
         worker_gone_after_seconds: int = DEFAULT_WORKER_GONE_AFTER_SECONDS,
     ):
         super().__init__(inst_data=inst_data)
-        self.worker_gone_after_seconds = worker_gone_after_seconds
-        self._missing_since: dict[str, float] = {}
+        self._watch = WorkerWatch(worker_gone_after_seconds)
 
     @classmethod
     def config_type(cls) -> Any:
-        return {
-            "worker_gone_after_seconds": dg.Field(
-                int,
-                is_required=False,
-                default_value=DEFAULT_WORKER_GONE_AFTER_SECONDS,
-                description="A run whose worker shows no sign of life this long is failed.",
-            )
-        }
+        return WORKER_GONE_FIELD
 
     @classmethod
     def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> Any:
@@ -235,18 +280,4 @@ class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
         # own process is that process's to end.
         if CODE_SERVER_TAG not in run.tags:
             return worker_health(True, "not started by a code server")
-        alive = workers_alive(self._instance, [run.run_id])
-        if alive is None or alive[run.run_id]:
-            self._missing_since.pop(run.run_id, None)
-            return worker_health(True, "its worker shows a sign of life")
-        now = time.time()
-        missing_for = now - self._missing_since.setdefault(run.run_id, now)
-        if missing_for < self.worker_gone_after_seconds:
-            return worker_health(True, f"no sign of life for {missing_for:.0f} s")
-        self._missing_since.pop(run.run_id, None)
-        return worker_health(
-            False,
-            f"The run's worker process is gone: no sign of life for over"
-            f" {self.worker_gone_after_seconds} s (it was killed, ran out of memory, or its"
-            " code server or host went down). Its next run does the rest of the work.",
-        )
+        return self._watch.health(self._instance, run)

@@ -16,7 +16,6 @@ code server's whole process group, restart Dagster's storage PostgreSQL. Each ti
 """
 
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -24,21 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine
 
 from jobs_pipeline.deployment.doctor import RECHECK_GRACE_SECONDS
 from jobs_pipeline.jobs.discipline_stats_rollup import ALL_SHARDS_TAGS
 from jobs_pipeline.jobs.discipline_stats_rollup import JOB_NAME as ROLLUP_JOB
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
-from jobs_pipeline.resources.database import WRITER_LOCK_NAMESPACE
-from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.embedded import EmbeddedPostgres, start_embedded_postgres
 from jobs_pipeline.tags import ALERT_WAITING_AFTER_TAG
 from jobs_pipeline_tests.support.app_data import add_expired_user, db_now
 from jobs_pipeline_tests.support.deployed_runs import (
     ENDED,
     LAUNCH_PARTITION_BACKFILL,
-    POOL,
     backfill_params,
     close_gate,
     event_types,
@@ -53,15 +49,24 @@ from jobs_pipeline_tests.support.deployed_runs import (
 from jobs_pipeline_tests.support.deployment import Deployment, running_deployment
 from jobs_pipeline_tests.support.dev_server import stop_orphaned_postgres
 from jobs_pipeline_tests.support.held_runs import (
+    ALERT_DEADLINE_S,
     BATCH,
     EACH_USER_ONCE,
     EXPIRED_USERS,
+    RECOVERY_DEADLINE_S,
     START_DEADLINE_S,
+    WRITES_USERS,
+    assert_alerted_once,
     each_user_changed_once,
+    failure_alerts,
     gate_after_first_batch,
     held_at_gate,
     launch,
     ledger_rows,
+    slots_claimed,
+    step_process,
+    still_paying,
+    writer_locks_held,
 )
 from jobs_pipeline_tests.support.journal_data import (
     as_records,
@@ -73,12 +78,6 @@ from jobs_pipeline_tests.support.processes import run_cli
 from jobs_pipeline_tests.support.receivers import WebhookServer
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
-
-# The promise to operators: the next run has done the work within 3 minutes of the fault.
-RECOVERY_DEADLINE_S = 180
-# The failure sensor ticks every 30 s; the redelivery sensor every 60 s.
-ALERT_DEADLINE_S = 120
-WRITES_USERS = "writes_users"
 
 
 @pytest.fixture
@@ -94,19 +93,6 @@ def deployment(
 # -- the runs ---------------------------------------------------------------------------------
 
 
-def step_process(deployment: Deployment, run_id: str) -> int:
-    """The pid Dagster names in the run's "Executing steps in process (pid: N)" event."""
-
-    def named() -> int | None:
-        for event in run_record(deployment, run_id)["events"]:
-            found = re.search(r"Executing steps in process \(pid: (\d+)\)", event["message"])
-            if found:
-                return int(found.group(1))
-        return None
-
-    return wait_for(deployment, f"run {run_id}'s step process named", named, START_DEADLINE_S)
-
-
 def wait_until(deployment: Deployment, what: str, ready: Any, deadline_s: float) -> Any:
     return wait_for(deployment, what, ready, deadline_s)
 
@@ -118,34 +104,6 @@ def answers(deployment: Deployment, run_id: str) -> bool:
     except OSError:  # urllib's HTTPError and URLError among them
         return False
     return True
-
-
-# -- what the dead run left behind -------------------------------------------------------------
-
-
-def still_paying(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return connection.execute(
-            select(func.count()).select_from(users).where(users.c.tier != "free")
-        ).scalar_one()
-
-
-def writer_locks_held(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return connection.execute(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :namespace"
-            ),
-            {"namespace": WRITER_LOCK_NAMESPACE},
-        ).scalar_one()
-
-
-def slots_claimed(deployment: Deployment, pool: str) -> list[dict[str, str]]:
-    return deployment.graphql(POOL, pool=pool)["instance"]["concurrencyLimit"]["claimedSlots"]
-
-
-def failure_alerts(webhook: WebhookServer, run_id: str) -> list[dict[str, Any]]:
-    return [post for post in webhook.posts if post["run_id"] == run_id and post["kind"] == "failed"]
 
 
 # `doctor` is a whole command (Dagster imported, the instance read): asked this often, not
@@ -210,20 +168,6 @@ def recovered(deployment: Deployment, dead_id: str, next_id: str) -> dict[str, A
     dead = run_record(deployment, dead_id)
     assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
     return dead
-
-
-def assert_alerted_once(
-    deployment: Deployment, webhook: WebhookServer, run_id: str
-) -> dict[str, Any]:
-    wait_until(
-        deployment,
-        f"the dead run {run_id} alerted",
-        lambda: failure_alerts(webhook, run_id),
-        ALERT_DEADLINE_S,
-    )
-    alerts = failure_alerts(webhook, run_id)
-    assert len(alerts) == 1, alerts
-    return alerts[0]
 
 
 # -- 1. the process executing a run's steps, killed ------------------------------------------

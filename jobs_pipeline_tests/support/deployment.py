@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs_pipeline.dagster_private import code_server_load_error
+from jobs_pipeline.deployment.run_launchers import DEFAULT_RUNS_IN
 from jobs_pipeline_tests.support.deadlines import deadline
 from jobs_pipeline_tests.support.processes import (
     JOBS_PIPELINE,
@@ -303,13 +304,16 @@ DAEMONS_QUERY = """
 """
 
 
-def set_up(deployment: Deployment) -> None:
+def set_up(deployment: Deployment, runs_in: str = DEFAULT_RUNS_IN) -> None:
     """`jobs-pipeline setup`, as docs/deploying.md runs it first: DAGSTER_HOME's
     dagster.yaml and workspace file, the app's tables checked, the project's schema, and
     every pool's limit before any run (runs racing to create one crashed one, notes).
     """
     done = subprocess.run(
-        [str(JOBS_PIPELINE), "setup", "--code-server", f"{HOST}:{deployment.code_server_port}"],
+        [
+            *(str(JOBS_PIPELINE), "setup", "--runs-in", runs_in),
+            *("--code-server", f"{HOST}:{deployment.code_server_port}"),
+        ],
         # From the project's checkout, as an operator runs it (not the code server's release).
         env={**deployment.dagster_environment, "DATABASE_URL": deployment.app_db_url},
         cwd=deployment.folder,
@@ -344,6 +348,7 @@ def running_deployment(
     app_db_url: str,
     dagster_db_url: str,
     code_server_env: Mapping[str, str] | None = None,
+    runs_in: str = DEFAULT_RUNS_IN,
     **env: str,
 ) -> Iterator[Deployment]:
     """Dagster deployed as docs/deploying.md says, in `folder`; stopped, all of it, on the way out.
@@ -351,6 +356,7 @@ def running_deployment(
     `dagster_db_url` is Dagster's storage (`postgresql+psycopg2://`, an existing, empty
     database); `app_db_url` the app's database, which only the code server (and the run
     workers it starts) is given, with `code_server_env`; `env` goes to every process.
+    `runs_in` is `jobs-pipeline setup --runs-in`: where the daemon sends runs.
     """
     environment = cli_environment(
         folder / "state",
@@ -361,7 +367,7 @@ def running_deployment(
     code_variables = {"DATABASE_URL": app_db_url, **(code_server_env or {})}
     deployment = Deployment(folder, environment, code_variables)
     folder.mkdir(parents=True, exist_ok=True)
-    set_up(deployment)
+    set_up(deployment, runs_in)
     try:
         start_dagster(deployment)
         yield deployment

@@ -5,29 +5,51 @@ at a gate (a trigger) until the test opens it; `each_user_changed_once` reads wh
 whatever happened meanwhile, every user was downgraded exactly once.
 """
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, Text, cast, func, select, text
 
 from jobs_pipeline.definitions import defs
 from jobs_pipeline.interfaces.launching.plans import op_config_for
+from jobs_pipeline.resources.database import WRITER_LOCK_NAMESPACE
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
-from jobs_pipeline_tests.support.deployed_runs import LAUNCH_RUN, execution_params
+from jobs_pipeline_tests.support.deployed_runs import (
+    LAUNCH_RUN,
+    POOL,
+    execution_params,
+    run_record,
+    wait_for,
+)
 from jobs_pipeline_tests.support.deployment import Deployment
+from jobs_pipeline_tests.support.receivers import WebhookServer
 
 START_DEADLINE_S = 120
+# The promise to operators: the next run has done the work within 3 minutes of the fault.
+RECOVERY_DEADLINE_S = 180
+# The failure sensor ticks every 30 s; the redelivery sensor every 60 s.
+ALERT_DEADLINE_S = 120
+WRITES_USERS = "writes_users"
 
 EXPIRED_USERS = 30
 BATCH = 5  # users per transaction: the gate holds the second batch, after the first commits
-# What `each_user_changed_once` reads when every expired user was downgraded exactly once.
-EACH_USER_ONCE = {
-    "downgraded": EXPIRED_USERS,
-    "ledger rows": EXPIRED_USERS,
-    "users in the ledger": EXPIRED_USERS,
-    "emails": EXPIRED_USERS,
-    "users emailed": EXPIRED_USERS,
-}
+
+
+def each_user_once(count: int) -> dict[str, int]:
+    """What `each_user_changed_once` reads when `count` expired users were each downgraded
+    exactly once.
+    """
+    return {
+        "downgraded": count,
+        "ledger rows": count,
+        "users in the ledger": count,
+        "emails": count,
+        "users emailed": count,
+    }
+
+
+EACH_USER_ONCE = each_user_once(EXPIRED_USERS)
 
 
 def launch(
@@ -42,9 +64,36 @@ def launch(
     return result["run"]["runId"]
 
 
-def gate_after_first_batch(engine: Engine) -> None:
+def step_process(deployment: Deployment, run_id: str) -> int:
+    """The pid Dagster names in the run's "Executing steps in process (pid: N)" event."""
+
+    def named() -> int | None:
+        for event in run_record(deployment, run_id)["events"]:
+            found = re.search(r"Executing steps in process \(pid: (\d+)\)", event["message"])
+            if found:
+                return int(found.group(1))
+        return None
+
+    return wait_for(deployment, f"run {run_id}'s step process named", named, START_DEADLINE_S)
+
+
+def add_expired_users(engine: Engine, count: int) -> None:
+    """`count` users whose paid tier expired an hour ago, in one statement."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (email, role, tier, tier_source, tier_expires_at)"
+                " SELECT 'expired' || n || '@example.com', 'user', 'premium', 'purchase',"
+                " now() - interval '1 hour' FROM generate_series(1, :count) AS n"
+            ),
+            {"count": count},
+        )
+
+
+def gate_after_first_batch(engine: Engine, batch: int = BATCH) -> None:
     """Downgrades pass until the first batch is committed (its ledger rows are there), then
     wait at the gate: the run is killed with one batch done and the next one in flight.
+    Once the gate is open, a row costs one read of the one-row gate table.
     """
     with engine.begin() as connection:
         connection.execute(
@@ -54,11 +103,13 @@ def gate_after_first_batch(engine: Engine) -> None:
                 INSERT INTO test_gate VALUES (true);
                 CREATE FUNCTION gate_users() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    WHILE (SELECT bool_or(closed) FROM test_gate)
-                      AND (SELECT count(*) FROM jobs_pipeline.change_ledger) >= {BATCH}
-                    LOOP
-                        PERFORM pg_sleep(0.2);
-                    END LOOP;
+                    IF (SELECT bool_or(closed) FROM test_gate) THEN
+                        WHILE (SELECT bool_or(closed) FROM test_gate)
+                          AND (SELECT count(*) FROM jobs_pipeline.change_ledger) >= {batch}
+                        LOOP
+                            PERFORM pg_sleep(0.2);
+                        END LOOP;
+                    END IF;
                     RETURN NEW;
                 END $$;
                 CREATE TRIGGER gate_users BEFORE UPDATE ON users
@@ -113,3 +164,45 @@ def each_user_changed_once(engine: Engine) -> dict[str, int]:
         "emails": emails[0],
         "users emailed": emails[1],
     }
+
+
+# -- what the dead run left behind -------------------------------------------------------------
+
+
+def still_paying(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(users).where(users.c.tier != "free")
+        ).scalar_one()
+
+
+def writer_locks_held(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :namespace"
+            ),
+            {"namespace": WRITER_LOCK_NAMESPACE},
+        ).scalar_one()
+
+
+def slots_claimed(deployment: Deployment, pool: str) -> list[dict[str, str]]:
+    return deployment.graphql(POOL, pool=pool)["instance"]["concurrencyLimit"]["claimedSlots"]
+
+
+def failure_alerts(webhook: WebhookServer, run_id: str) -> list[dict[str, Any]]:
+    return [post for post in webhook.posts if post["run_id"] == run_id and post["kind"] == "failed"]
+
+
+def assert_alerted_once(
+    deployment: Deployment, webhook: WebhookServer, run_id: str
+) -> dict[str, Any]:
+    wait_for(
+        deployment,
+        f"the dead run {run_id} alerted",
+        lambda: failure_alerts(webhook, run_id),
+        ALERT_DEADLINE_S,
+    )
+    alerts = failure_alerts(webhook, run_id)
+    assert len(alerts) == 1, alerts
+    return alerts[0]

@@ -24,7 +24,7 @@ def deployment_instance_environment(command: str) -> None:
     fill_environment(dagster_storage=True)
 
 
-def command_setup(code_server: str, *, create_app_tables: bool) -> int:
+def command_setup(code_server: str, *, create_app_tables: bool, runs_in: str) -> int:
     from jobs_pipeline.deployment.setup import SetupRefused, parse_address, set_up
 
     try:
@@ -39,6 +39,7 @@ def command_setup(code_server: str, *, create_app_tables: bool) -> int:
             code_server=code_server,
             create_app_tables=create_app_tables,
             write=print,
+            runs_in=runs_in,
         )
     except SetupRefused as refusal:
         print(f"jobs-pipeline: setup: {refusal}", file=sys.stderr)

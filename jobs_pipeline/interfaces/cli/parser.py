@@ -2,6 +2,7 @@
 
 import argparse
 
+from jobs_pipeline.deployment.run_launchers import DEFAULT_RUNS_IN, RUNS_IN
 from jobs_pipeline.interfaces.cli.database import command_db_upgrade, command_demo_data
 from jobs_pipeline.interfaces.cli.deployment import command_doctor, command_metrics, command_setup
 from jobs_pipeline.interfaces.cli.dev import command_dev
@@ -123,9 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="for a trial on an empty database: lay the app's schema in first (the app owns it)",
     )
+    setup.add_argument(
+        "--runs-in",
+        choices=RUNS_IN,
+        default=DEFAULT_RUNS_IN,
+        help="where runs execute: the code server's run workers (default), a container"
+        " each (Docker), or a fleet of Celery workers; sets the dagster.yaml written",
+    )
     setup.set_defaults(
         command=lambda args: command_setup(
-            args.code_server, create_app_tables=args.create_app_tables
+            args.code_server, create_app_tables=args.create_app_tables, runs_in=args.runs_in
         )
     )
     doctor = commands.add_parser(
