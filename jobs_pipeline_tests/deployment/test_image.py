@@ -5,7 +5,9 @@ a locally made base image (`jobs_pipeline_tests.support.docker_host`: nothing ca
 pulled here). The image is built from the repository's own Dockerfile with that base as
 `BASE_IMAGE`; then `setup`, the code server, the webserver and the daemon each run in a
 container of that image, on the host's network, against the session's PostgreSQL, and a
-run goes through the queue to SUCCESS.
+run goes through the queue to SUCCESS. Then, with `setup --runs-in containers`, each run
+executes in a container of its own from the image: one killed after its first batch fails,
+is alerted once and frees its slot, and the next run's container does the rest.
 """
 
 import asyncio
@@ -21,11 +23,40 @@ from pathlib import Path
 import psycopg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
+from sqlalchemy import make_url
 
+from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline.storage.embedded import EmbeddedPostgres
+from jobs_pipeline.tags import CONTAINER_TAG
 from jobs_pipeline_tests.support.deadlines import deadline, wait_until
-from jobs_pipeline_tests.support.deployment import REPOSITORY
+from jobs_pipeline_tests.support.deployed_runs import (
+    ENDED,
+    failure_reason,
+    open_gate,
+    run_record,
+    wait_for,
+    wait_for_status,
+)
+from jobs_pipeline_tests.support.deployment import REPOSITORY, running_deployment
 from jobs_pipeline_tests.support.docker_host import BASE_IMAGE, DOCKER_HOST
+from jobs_pipeline_tests.support.held_runs import (
+    ALL_OF_THEM,
+    MANY_BATCH,
+    MANY_USERS,
+    RECOVERY_DEADLINE_S,
+    START_DEADLINE_S,
+    WRITES_USERS,
+    add_expired_users,
+    assert_alerted_once,
+    each_user_changed_once,
+    each_user_once,
+    gate_after_first_batch,
+    launch,
+    ledger_rows,
+    slots_claimed,
+    still_paying,
+    writer_locks_held,
+)
 from jobs_pipeline_tests.support.processes import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -239,3 +270,66 @@ def answers(url: str) -> bool:
 def ended(client: DagsterGraphQLClient, run_id: str) -> str | None:
     status = client.get_run_status(run_id).value
     return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
+# -- each run in a container of its own ------------------------------------------------------------
+
+
+def over_tcp(url: str, port: int, driver: str = "postgresql") -> str:
+    """The same database reached at 127.0.0.1:`port`, as a container reaches it."""
+    return f"{driver}://postgres@127.0.0.1:{port}/{make_url(url).database}"
+
+
+def test_a_run_container_killed_after_its_first_batch_fails_and_the_next_container_does_the_rest(
+    image, postgres, tmp_path, app_db_url, dagster_db_url, engine, webhook_server
+):
+    add_expired_users(engine, MANY_USERS)
+    gate_after_first_batch(engine, MANY_BATCH)
+
+    with (
+        tcp_to(postgres) as db_port,
+        running_deployment(
+            tmp_path,
+            app_db_url,
+            over_tcp(dagster_db_url, db_port, "postgresql+psycopg2"),
+            runs_in="containers",
+            # The daemon's: what it launches, where, and what each run's container is given.
+            DOCKER_HOST=os.environ.get("DOCKER_HOST", DOCKER_HOST),
+            JOBS_PIPELINE_IMAGE=image,
+            JOBS_PIPELINE_RUN_NETWORK="host",
+            DATABASE_URL=over_tcp(app_db_url, db_port),
+            ALERT_WEBHOOK_URL=webhook_server.url,
+        ) as deployment,
+    ):
+        dead_id = launch(deployment, EXPIRATION_JOB, **ALL_OF_THEM)
+        dead_container = wait_for(
+            deployment,
+            "the run's container named",
+            lambda: run_record(deployment, dead_id)["tags"].get(CONTAINER_TAG),
+            START_DEADLINE_S,
+        )
+        wait_for(
+            deployment,
+            "the first batch committed",
+            lambda: ledger_rows(engine) == MANY_BATCH,
+            START_DEADLINE_S,
+        )
+        killed = docker("kill", dead_container)
+        assert killed.returncode == 0, killed.stderr
+        # The killed run's session finishes the statement it was in, then rolls it back.
+        open_gate(engine)
+        next_id = launch(deployment, EXPIRATION_JOB, **ALL_OF_THEM)
+
+        finished = wait_for_status(deployment, next_id, ENDED, RECOVERY_DEADLINE_S)
+        assert finished["status"] == "SUCCESS", (
+            failure_reason(finished),
+            deployment.process_logs(),
+        )
+        dead = run_record(deployment, dead_id)
+        assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
+        assert finished["tags"][CONTAINER_TAG] != dead_container
+        assert each_user_changed_once(engine) == each_user_once(MANY_USERS)
+        assert still_paying(engine) == 0
+        assert slots_claimed(deployment, WRITES_USERS) == []
+        assert writer_locks_held(engine) == 0
+        assert_alerted_once(deployment, webhook_server, dead_id)

@@ -14,7 +14,6 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -31,6 +30,9 @@ from jobs_pipeline_tests.support.deployed_runs import (
 )
 from jobs_pipeline_tests.support.deployment import BIN, REPOSITORY, Deployment, running_deployment
 from jobs_pipeline_tests.support.held_runs import (
+    ALL_OF_THEM,
+    MANY_BATCH,
+    MANY_USERS,
     RECOVERY_DEADLINE_S,
     START_DEADLINE_S,
     WRITES_USERS,
@@ -54,14 +56,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.deployment, pytest.mark.slow]
 REDIS_SERVER = "/usr/bin/redis-server"
 WORKERS = ("worker-a", "worker-b")
 QUEUE = "jobs-pipeline"
-MANY_USERS = 300_000
-MANY_BATCH = 10_000
-# The run config that lets one run downgrade them all (the guard's caps are for production).
-ALL_OF_THEM: dict[str, Any] = {
-    "batch_size": MANY_BATCH,
-    "max_downgrades": MANY_USERS,
-    "max_downgrade_share": 1.0,
-}
 
 
 def redis_answers(port: int) -> bool:

@@ -34,6 +34,15 @@ WRITES_USERS = "writes_users"
 
 EXPIRED_USERS = 30
 BATCH = 5  # users per transaction: the gate holds the second batch, after the first commits
+# A run at production's scale, for the tests of where runs execute (a fleet, containers).
+MANY_USERS = 300_000
+MANY_BATCH = 10_000
+# The run config that lets one run downgrade them all (the guard's caps are for production).
+ALL_OF_THEM: dict[str, Any] = {
+    "batch_size": MANY_BATCH,
+    "max_downgrades": MANY_USERS,
+    "max_downgrade_share": 1.0,
+}
 
 
 def each_user_once(count: int) -> dict[str, int]:
