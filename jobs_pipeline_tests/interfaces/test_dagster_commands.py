@@ -105,7 +105,7 @@ def test_dev_in_the_root_serves_every_job_with_nothing_set(tmp_path, command):
         with urllib.request.urlopen(request, timeout=60) as response:
             (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
     finally:
-        # Its code server ignores SIGTERM (notes): what is left after a grace gets SIGKILL.
+        # What is left after a grace (a run worker, say) gets SIGKILL, as a service manager does.
         groups = {process.pid} | process_groups(descendants(process.pid))
         os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -7,8 +7,8 @@ answers, `dagster-webserver` and `dagster-daemon run` on the workspace file, on 
 storage, every secret an environment variable. Each process runs in a session (and so a
 process group) of its own, logging to a file, so a test can kill one of them (the daemon)
 without touching the others, and so everything can be stopped on the way out, whatever
-happened: the code server ignores SIGTERM for over 10 s and its run workers live in its
-process group, so its whole group gets SIGKILL after a short grace.
+happened: the code server's run workers live in its process group, so its whole group
+gets SIGKILL after a short grace.
 
 More processes (the admin HTTP API, say) are one `Deployment.start(name, argv)` away.
 """
@@ -55,7 +55,8 @@ HOST = "127.0.0.1"
 STARTUP_DEADLINE_S = 120
 COMMAND_DEADLINE_S = 60
 STOP_GRACE_S = 20
-# The code server ignores SIGTERM (notes: over 10 s): a short grace, then SIGKILL.
+# The code server stops on SIGTERM in seconds; its run workers, in its group, are SIGKILLed
+# after a short grace (what a service manager does at the end of its stop timeout).
 CODE_SERVER_GRACE_S = 3
 REAP_DEADLINE_S = 10
 
