@@ -50,7 +50,7 @@ test-fast: $(INSTALLED)
 	$(BIN)/pytest -m "$(FAST)"
 
 # The image built from the Dockerfile and run under Docker: a Docker daemon and a base image
-# made on this machine first (Debian's docker.io and debootstrap; about 5 minutes the
+# made on this machine first (Debian's docker.io, debootstrap and docker-compose; about 5 minutes the
 # first time, nothing after). Not yet part of `make test`.
 test-containers: $(INSTALLED)
 	$(BIN)/python -m jobs_pipeline_tests.support.docker_host

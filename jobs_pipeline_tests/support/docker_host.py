@@ -23,7 +23,7 @@ DOCKER_HOST = f"unix://{DOCKER_DIR}/docker.sock"
 BASE_IMAGE = "jobs-pipeline-base:bookworm"
 CERTIFICATES = Path("/etc/ssl/certs/ca-certificates.crt")
 DAEMON_START_S = 60
-NEEDED = {"dockerd": "docker.io", "debootstrap": "debootstrap"}
+NEEDED = {"dockerd": "docker.io", "debootstrap": "debootstrap", "docker-compose": "docker-compose"}
 
 
 class NotReady(Exception):
