@@ -8,7 +8,6 @@ renamed here, and everything that reads or writes it follows.
 
 import dagster as dg
 from dagster_celery import tags as celery_tags
-from dagster_docker import docker_run_launcher
 
 from jobs_pipeline import dagster_private as private
 
@@ -30,7 +29,10 @@ WILL_RETRY_TAG = private.WILL_RETRY_TAG
 CODE_SERVER_TAG = private.CODE_SERVER_TAG
 # The container a run executes in (runs in containers), the Celery task that executes it
 # (runs on the fleet).
-CONTAINER_TAG = docker_run_launcher.DOCKER_CONTAINER_ID_TAG
+# dagster-docker's DOCKER_CONTAINER_ID_TAG, spelled here: importing it imports the docker
+# library into every process that loads the code, half a second each, for one string
+# (test_tags.py checks it is dagster-docker's).
+CONTAINER_TAG = "docker/container_id"
 CELERY_TASK_TAG = celery_tags.DAGSTER_CELERY_TASK_ID_TAG
 # A run carrying one of these was handed to a worker of its own, which holds the run's
 # sign of life (`jobs_pipeline/runs/workers.py`); any other executed in a command's process.

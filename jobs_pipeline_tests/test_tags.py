@@ -42,6 +42,12 @@ def test_dagsters_tags_are_the_names_dagster_writes():
     ]
 
 
+def test_the_container_tag_is_the_one_dagster_docker_writes():
+    from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG
+
+    assert tags.CONTAINER_TAG == DOCKER_CONTAINER_ID_TAG
+
+
 def test_the_projects_tags_are_its_own_and_the_job_lock_is_the_instances_limit():
     own = [
         value

@@ -32,7 +32,6 @@ from jobs_pipeline.storage.embedded import INSTANCE_CONFIG
 from jobs_pipeline.storage.schema_migrations import upgrade
 
 LOCATION_NAME = "jobs_pipeline"
-
 DEFAULT_CODE_SERVER = "127.0.0.1:4000"
 POOL_LIMIT = 1  # one writer per app table
 

@@ -10,16 +10,15 @@ server's worker (`jobs_pipeline.runs.workers`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
-import dagster as dg
 from dagster_docker import DockerRunLauncher
 from dagster_docker.utils import DOCKER_CONFIG_SCHEMA
 
 from jobs_pipeline.runs.workers import (
     DEFAULT_WORKER_GONE_AFTER_SECONDS,
     WORKER_GONE_FIELD,
+    ChecksItsWorkersToo,
     WorkerWatch,
 )
 
@@ -42,7 +41,7 @@ RUN_SETTINGS = (
 )
 
 
-class ContainerRunLauncher(DockerRunLauncher):
+class ContainerRunLauncher(ChecksItsWorkersToo, DockerRunLauncher):
     def __init__(
         self,
         inst_data: Any = None,
@@ -58,11 +57,3 @@ class ContainerRunLauncher(DockerRunLauncher):
     @classmethod
     def config_type(cls) -> Any:
         return {**DOCKER_CONFIG_SCHEMA, **WORKER_GONE_FIELD}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> Any:
-        return cls(inst_data=inst_data, **config_value)
-
-    def check_run_worker_health(self, run: dg.DagsterRun) -> Any:
-        own_answer = super().check_run_worker_health
-        return self._watch.after_launcher(self._instance, run, lambda: own_answer(run))

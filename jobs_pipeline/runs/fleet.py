@@ -17,17 +17,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-import dagster as dg
 from dagster_celery.launcher import CeleryRunLauncher
 
 from jobs_pipeline.runs.workers import (
     DEFAULT_WORKER_GONE_AFTER_SECONDS,
     WORKER_GONE_FIELD,
+    ChecksItsWorkersToo,
     WorkerWatch,
 )
 
 
-class FleetRunLauncher(CeleryRunLauncher):
+class FleetRunLauncher(ChecksItsWorkersToo, CeleryRunLauncher):
     def __init__(
         self,
         default_queue: str,
@@ -41,11 +41,3 @@ class FleetRunLauncher(CeleryRunLauncher):
     def config_type(cls) -> Any:
         celery_fields = cast("Mapping[str, Any]", CeleryRunLauncher.config_type())
         return {**celery_fields, **WORKER_GONE_FIELD}
-
-    @classmethod
-    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> Any:
-        return cls(inst_data=inst_data, **config_value)
-
-    def check_run_worker_health(self, run: dg.DagsterRun) -> Any:
-        own_answer = super().check_run_worker_health
-        return self._watch.after_launcher(self._instance, run, lambda: own_answer(run))

@@ -250,6 +250,25 @@ class WorkerWatch:
         )
 
 
+class ChecksItsWorkersToo:
+    """Mixed into a Dagster launcher that checks its own workers (Docker, Celery): its
+    answer where it settles the question, the run's sign of life where it cannot. The
+    launcher takes `worker_gone_after_seconds` beside its own settings and keeps a
+    `WorkerWatch` as `_watch`.
+    """
+
+    _watch: WorkerWatch
+    _instance: Any
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]) -> Any:
+        return cls(inst_data=inst_data, **config_value)  # type: ignore[call-arg]
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> Any:
+        own_answer = super().check_run_worker_health  # type: ignore[misc]
+        return self._watch.after_launcher(self._instance, run, lambda: own_answer(run))
+
+
 class WorkerCheckingRunLauncher(dg.DefaultRunLauncher):
     """The `DefaultRunLauncher` (runs start in the code server's run workers), plus a health
     check of each run's worker for the daemon's run monitoring.

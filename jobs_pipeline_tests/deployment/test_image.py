@@ -30,12 +30,9 @@ from jobs_pipeline.storage.embedded import EmbeddedPostgres
 from jobs_pipeline.tags import CONTAINER_TAG
 from jobs_pipeline_tests.support.deadlines import deadline, wait_until
 from jobs_pipeline_tests.support.deployed_runs import (
-    ENDED,
-    failure_reason,
     open_gate,
     run_record,
     wait_for,
-    wait_for_status,
 )
 from jobs_pipeline_tests.support.deployment import REPOSITORY, running_deployment
 from jobs_pipeline_tests.support.docker_host import BASE_IMAGE, DOCKER_HOST
@@ -43,19 +40,12 @@ from jobs_pipeline_tests.support.held_runs import (
     ALL_OF_THEM,
     MANY_BATCH,
     MANY_USERS,
-    RECOVERY_DEADLINE_S,
     START_DEADLINE_S,
-    WRITES_USERS,
     add_expired_users,
-    assert_alerted_once,
-    each_user_changed_once,
-    each_user_once,
     gate_after_first_batch,
     launch,
     ledger_rows,
-    slots_claimed,
-    still_paying,
-    writer_locks_held,
+    the_next_run_did_the_rest,
 )
 from jobs_pipeline_tests.support.processes import free_port
 
@@ -320,16 +310,7 @@ def test_a_run_container_killed_after_its_first_batch_fails_and_the_next_contain
         open_gate(engine)
         next_id = launch(deployment, EXPIRATION_JOB, **ALL_OF_THEM)
 
-        finished = wait_for_status(deployment, next_id, ENDED, RECOVERY_DEADLINE_S)
-        assert finished["status"] == "SUCCESS", (
-            failure_reason(finished),
-            deployment.process_logs(),
+        _, finished = the_next_run_did_the_rest(
+            deployment, engine, webhook_server, dead_id, next_id, MANY_USERS
         )
-        dead = run_record(deployment, dead_id)
-        assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
         assert finished["tags"][CONTAINER_TAG] != dead_container
-        assert each_user_changed_once(engine) == each_user_once(MANY_USERS)
-        assert still_paying(engine) == 0
-        assert slots_claimed(deployment, WRITES_USERS) == []
-        assert writer_locks_held(engine) == 0
-        assert_alerted_once(deployment, webhook_server, dead_id)

@@ -3,15 +3,17 @@ is the project's with only the run launcher changed, and Dagster builds that lau
 from it (the settings the launcher reads from the environment set as an operator sets them).
 """
 
+import re
 from typing import Any
 
 import pytest
 import yaml
 
 from jobs_pipeline.deployment.run_launchers import RUNS_IN, instance_config_text
-from jobs_pipeline.runs.containers import ContainerRunLauncher
+from jobs_pipeline.runs.containers import RUN_SETTINGS, ContainerRunLauncher
 from jobs_pipeline.runs.fleet import FleetRunLauncher
 from jobs_pipeline.runs.workers import WorkerCheckingRunLauncher
+from jobs_pipeline_tests.support.deployment import REPOSITORY
 from jobs_pipeline_tests.support.running import temporary_instance
 
 LAUNCHERS = {
@@ -28,6 +30,10 @@ ENVIRONMENT = {
 
 def instance_config(runs_in: str) -> dict[str, Any]:
     return yaml.safe_load(instance_config_text(runs_in))
+
+
+# How definitions.py reads a setting: `EnvVar("X")`, `optional_env("X")`, `environ.get("X")`.
+SETTING_READ = r'(?:EnvVar(?:\.int)?|optional_env|env_flag|environ\.get)\(\s*"([A-Z_]+)"'
 
 
 def launcher_override(runs_in: str) -> dict[str, Any]:
@@ -72,6 +78,18 @@ def test_a_container_is_given_every_setting_its_run_reads(monkeypatch):
         assert isinstance(launcher, ContainerRunLauncher)
         assert "DATABASE_URL" in launcher.env_vars
         assert "SMTP_HOST" not in launcher.env_vars  # unset: not passed as an empty value
+
+
+def test_every_setting_the_code_reads_is_given_to_a_runs_container():
+    source = (REPOSITORY / "jobs_pipeline" / "definitions.py").read_text()
+    read = set(
+        re.findall(
+            r'(?:EnvVar(?:\.int)?|optional_env|env_flag|environ\.get)\(\s*"([A-Z_]+)"', source
+        )
+    )
+
+    assert "DATABASE_URL" in read  # the pattern finds what it looks for
+    assert read <= set(RUN_SETTINGS), read - set(RUN_SETTINGS)
 
 
 def test_an_unknown_place_is_refused():

@@ -21,32 +21,22 @@ from sqlalchemy import Engine
 from jobs_pipeline.jobs.tier_expiration import JOB_NAME as EXPIRATION_JOB
 from jobs_pipeline_tests.support.deadlines import deadline, wait_until
 from jobs_pipeline_tests.support.deployed_runs import (
-    ENDED,
     failure_reason,
     open_gate,
-    run_record,
     wait_for,
-    wait_for_status,
 )
 from jobs_pipeline_tests.support.deployment import BIN, REPOSITORY, Deployment, running_deployment
 from jobs_pipeline_tests.support.held_runs import (
     ALL_OF_THEM,
     MANY_BATCH,
     MANY_USERS,
-    RECOVERY_DEADLINE_S,
     START_DEADLINE_S,
-    WRITES_USERS,
     add_expired_users,
-    assert_alerted_once,
-    each_user_changed_once,
-    each_user_once,
     gate_after_first_batch,
     launch,
     ledger_rows,
-    slots_claimed,
     step_process,
-    still_paying,
-    writer_locks_held,
+    the_next_run_did_the_rest,
 )
 from jobs_pipeline_tests.support.processes import free_port
 from jobs_pipeline_tests.support.receivers import WebhookServer
@@ -148,15 +138,7 @@ def test_a_worker_killed_whole_mid_run_fails_its_run_and_the_other_worker_does_t
     open_gate(engine)
     next_id = launch(fleet, EXPIRATION_JOB, **ALL_OF_THEM)
 
-    finished = wait_for_status(fleet, next_id, ENDED, RECOVERY_DEADLINE_S)
-    assert finished["status"] == "SUCCESS", (failure_reason(finished), fleet.process_logs())
-    dead = run_record(fleet, dead_id)
-    assert dead["status"] == "FAILURE", (dead["status"], fleet.process_logs())
+    dead, _ = the_next_run_did_the_rest(fleet, engine, webhook_server, dead_id, next_id, MANY_USERS)
     assert "worker process is gone" in failure_reason(dead), failure_reason(dead)
     (survivor,) = [name for name in WORKERS if name != holder]
     assert worker_of(fleet, step_process(fleet, next_id)) == survivor
-    assert each_user_changed_once(engine) == each_user_once(MANY_USERS)
-    assert still_paying(engine) == 0
-    assert slots_claimed(fleet, WRITES_USERS) == []
-    assert writer_locks_held(engine) == 0
-    assert_alerted_once(fleet, webhook_server, dead_id)

@@ -16,11 +16,14 @@ from jobs_pipeline.resources.database import WRITER_LOCK_NAMESPACE
 from jobs_pipeline.storage.app_tables import users
 from jobs_pipeline.storage.project_tables import change_ledger, email_outbox
 from jobs_pipeline_tests.support.deployed_runs import (
+    ENDED,
     LAUNCH_RUN,
     POOL,
     execution_params,
+    failure_reason,
     run_record,
     wait_for,
+    wait_for_status,
 )
 from jobs_pipeline_tests.support.deployment import Deployment
 from jobs_pipeline_tests.support.receivers import WebhookServer
@@ -215,3 +218,27 @@ def assert_alerted_once(
     alerts = failure_alerts(webhook, run_id)
     assert len(alerts) == 1, alerts
     return alerts[0]
+
+
+def the_next_run_did_the_rest(
+    deployment: Deployment,
+    engine: Engine,
+    webhook: WebhookServer,
+    dead_id: str,
+    next_id: str,
+    users: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """After a run's worker died mid-write: the next run succeeded within 3 minutes, the
+    dead run FAILURE, each of `users` downgraded once, no slot or writer lock left held,
+    the dead run alerted once. Returns both runs' records (dead, next).
+    """
+    finished = wait_for_status(deployment, next_id, ENDED, RECOVERY_DEADLINE_S)
+    assert finished["status"] == "SUCCESS", (failure_reason(finished), deployment.process_logs())
+    dead = run_record(deployment, dead_id)
+    assert dead["status"] == "FAILURE", (dead["status"], deployment.process_logs())
+    assert each_user_changed_once(engine) == each_user_once(users)
+    assert still_paying(engine) == 0
+    assert slots_claimed(deployment, WRITES_USERS) == []
+    assert writer_locks_held(engine) == 0
+    assert_alerted_once(deployment, webhook, dead_id)
+    return dead, finished
